@@ -1,0 +1,67 @@
+#pragma once
+// The base class every sequence-to-sequence mechanism derives from, so a block, the CLI and the
+// arena can hold any of them.
+
+#include <attnkit/core/decode_state.h>
+
+#include <torch/nn/module.h>
+#include <torch/nn/pimpl.h>
+#include <torch/types.h>
+
+#include <memory>
+#include <string>
+
+namespace attnkit {
+
+/// What `forward_with_aux` returns for the dense mechanisms; sparse mechanisms extend it with
+/// their own named fields.
+struct AttentionOutput {
+  /// [B, T, dim]
+  torch::Tensor output;
+  /// Attention weights [B, H, T, T], rows summing to 1 (0 for a fully masked row).
+  torch::Tensor attn_weights;
+};
+
+/// Abstract base of sequence-to-sequence attention mechanisms: x [B, T, dim] -> [B, T, dim].
+/// Concrete mechanisms derive from `torch::nn::Cloneable<FooImpl>` and from this class.
+class AttentionImpl : public virtual torch::nn::Module {
+ public:
+  ~AttentionImpl() override = default;
+
+  /// x: [B, T, dim] -> [B, T, dim]
+  virtual torch::Tensor forward(const torch::Tensor& x) = 0;
+  /// With a per-call mask, boolean (true = attend) or additive float, of shape [T, T],
+  /// [B, T, T] or [B, 1 or H, T, T]. An undefined mask means none. Mechanisms without mask
+  /// support raise a c10::Error for a defined mask.
+  virtual torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& attn_mask);
+  /// Prefill (any T) or decode (T = 1) step that continues the sequence held in `state`.
+  virtual torch::Tensor forward(const torch::Tensor& x, DecodeState& state);
+  /// An empty decode state for `batch_size` sequences.
+  virtual DecodeState init_state(int64_t batch_size) const;
+  /// Whether `forward(x, state)` is available (causal mechanisms only).
+  virtual bool supports_decoding() const { return false; }
+  /// The output and the attention weights, computed only when asked.
+  virtual AttentionOutput forward_with_aux(const torch::Tensor& x);
+
+  /// The class name without `Impl`, used in messages: "GroupedQueryAttention".
+  virtual std::string mechanism() const = 0;
+  /// Model width of input and output.
+  virtual int64_t dim() const = 0;
+
+ protected:
+  /// An empty state owned by this module; raises unless supports_decoding().
+  DecodeState new_state(int64_t batch_size) const;
+  /// Raises unless `state` was made by this module's init_state for x's batch size.
+  void check_state(const DecodeState& state, const torch::Tensor& x) const;
+};
+TORCH_MODULE(Attention);
+
+/// Views any mechanism's holder as an `Attention` (shares the module, copies nothing).
+/// Example:
+///   Attention any = as_attention(GroupedQueryAttention(512, 8, 2));
+template <typename Holder>
+Attention as_attention(const Holder& holder) {
+  return Attention(std::shared_ptr<AttentionImpl>(holder.ptr()));
+}
+
+}  // namespace attnkit

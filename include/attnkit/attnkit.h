@@ -1,0 +1,15 @@
+#pragma once
+// attnkit: Transformer attention mechanisms on LibTorch. The umbrella header.
+
+#include <attnkit/core/decode_state.h>
+#include <attnkit/core/low_rank_projection.h>
+#include <attnkit/core/reference_attention.h>
+#include <attnkit/core/rms_norm.h>
+#include <attnkit/core/rope.h>
+#include <attnkit/functional/dot_product_attention.h>
+
+#include <attnkit/attention/attention.h>
+#include <attnkit/attention/grouped_query_attention.h>
+#include <attnkit/attention/multi_head_latent_attention.h>
+#include <attnkit/attention/multi_query_attention.h>
+#include <attnkit/attention/standard_attention.h>
