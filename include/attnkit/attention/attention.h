@@ -54,7 +54,25 @@ class AttentionImpl : public virtual torch::nn::Module {
   /// Raises unless `state` was made by this module's init_state for x's batch size.
   void check_state(const DecodeState& state, const torch::Tensor& x) const;
 };
-TORCH_MODULE(Attention);
+
+/// Declares the module holder `Name` for `NameImpl`, like TORCH_MODULE, with call operators for
+/// the overloaded forwards (TORCH_MODULE's generic operator() cannot deduce an overloaded
+/// forward): m(x), m(x, attn_mask), m(x, state).
+#define ATTNKIT_ATTENTION_MODULE(Name)                                               \
+  class Name : public torch::nn::ModuleHolder<Name##Impl> { /* NOLINT */             \
+   public:                                                                           \
+    using torch::nn::ModuleHolder<Name##Impl>::ModuleHolder;                         \
+    using Impl = Name##Impl;                                                         \
+    torch::Tensor operator()(const torch::Tensor& x) { return get()->forward(x); }   \
+    torch::Tensor operator()(const torch::Tensor& x, const torch::Tensor& attn_mask) { \
+      return get()->forward(x, attn_mask);                                           \
+    }                                                                                \
+    torch::Tensor operator()(const torch::Tensor& x, ::attnkit::DecodeState& state) { \
+      return get()->forward(x, state);                                               \
+    }                                                                                \
+  }
+
+ATTNKIT_ATTENTION_MODULE(Attention);
 
 /// Views any mechanism's holder as an `Attention` (shares the module, copies nothing).
 /// Example:

@@ -86,6 +86,6 @@ class GroupedQueryAttentionImpl : public torch::nn::Cloneable<GroupedQueryAttent
                       bool need_weights);
   c10::optional<RotaryEmbedding> rope_;
 };
-TORCH_MODULE(GroupedQueryAttention);
+ATTNKIT_ATTENTION_MODULE(GroupedQueryAttention);
 
 }  // namespace attnkit

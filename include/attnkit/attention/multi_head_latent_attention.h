@@ -85,6 +85,6 @@ class MultiHeadLatentAttentionImpl : public torch::nn::Cloneable<MultiHeadLatent
                       bool need_weights);
   c10::optional<RotaryEmbedding> rope_;
 };
-TORCH_MODULE(MultiHeadLatentAttention);
+ATTNKIT_ATTENTION_MODULE(MultiHeadLatentAttention);
 
 }  // namespace attnkit

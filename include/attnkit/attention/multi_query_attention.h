@@ -55,6 +55,6 @@ class MultiQueryAttentionImpl : public torch::nn::Cloneable<MultiQueryAttentionI
                       DecodeState* state,
                       bool need_weights);
 };
-TORCH_MODULE(MultiQueryAttention);
+ATTNKIT_ATTENTION_MODULE(MultiQueryAttention);
 
 }  // namespace attnkit

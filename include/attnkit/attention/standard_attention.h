@@ -55,6 +55,6 @@ class StandardAttentionImpl : public torch::nn::Cloneable<StandardAttentionImpl>
                       DecodeState* state,
                       bool need_weights);
 };
-TORCH_MODULE(StandardAttention);
+ATTNKIT_ATTENTION_MODULE(StandardAttention);
 
 }  // namespace attnkit

@@ -1,0 +1,109 @@
+#include <attnkit/attention/grouped_query_attention.h>
+#include <attnkit/attention/standard_attention.h>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include "support/contract.h"
+#include "support/naive.h"
+
+namespace attnkit {
+namespace {
+
+using ::testing::HasSubstr;
+using testing::ContractCase;
+using testing::max_abs_diff;
+
+ATTNKIT_CONTRACT_SUITE(
+    StandardAttention,
+    ContractCase{"causal",
+                 [] { return as_attention(StandardAttention(StandardAttentionOptions(32, 4).causal(true))); },
+                 true},
+    ContractCase{"non_causal_bias",
+                 [] { return as_attention(StandardAttention(StandardAttentionOptions(24, 3).bias(true))); },
+                 false});
+
+TEST(StandardAttention, MatchesNaiveReimplementation) {
+  torch::manual_seed(0);
+  StandardAttention attn(StandardAttentionOptions(32, 4).causal(true).bias(true));
+  const int64_t B = 2, T = 7, H = 4, hd = 8;
+  torch::Tensor x = torch::randn({B, T, 32});
+  torch::Tensor y = attn(x);
+  torch::NoGradGuard no_grad;
+  torch::Tensor xd = x.to(torch::kDouble);
+  auto lin = [](const torch::Tensor& in, const torch::nn::Linear& l) {
+    return in.matmul(l->weight.to(torch::kDouble).t()) + l->bias.to(torch::kDouble);
+  };
+  auto heads = [&](const torch::Tensor& t) { return t.view({B, T, H, hd}).transpose(1, 2); };
+  torch::Tensor o = testing::naive_attention(heads(lin(xd, attn->q_proj)), heads(lin(xd, attn->k_proj)),
+                                             heads(lin(xd, attn->v_proj)), 1.0 / std::sqrt(8.0), true);
+  torch::Tensor expected = lin(o.transpose(1, 2).reshape({B, T, 32}), attn->o_proj);
+  EXPECT_LT(max_abs_diff(y, expected), 1e-5);
+}
+
+TEST(StandardAttention, EqualsGroupedQueryWithAllKvHeads) {
+  torch::manual_seed(1);
+  StandardAttention standard(StandardAttentionOptions(32, 4).causal(true));
+  GroupedQueryAttention grouped(GroupedQueryAttentionOptions(32, 4, 4).causal(true));
+  testing::copy_parameters(*standard, *grouped);
+  torch::Tensor x = torch::randn({2, 9, 32});
+  torch::NoGradGuard no_grad;
+  EXPECT_LT(max_abs_diff(standard(x), grouped(x)), 1e-6);
+}
+
+TEST(StandardAttention, WeightRowsSumToOneAndMasksApply) {
+  torch::manual_seed(2);
+  StandardAttention attn(StandardAttentionOptions(16, 2));
+  torch::Tensor x = torch::randn({1, 5, 16});
+  torch::Tensor w = attn->forward_with_aux(x).attn_weights;
+  ASSERT_EQ(w.sizes(), torch::IntArrayRef({1, 2, 5, 5}));
+  EXPECT_LT(max_abs_diff(w.sum(-1), torch::ones({1, 2, 5})), 1e-6);
+  EXPECT_TRUE((w >= 0).all().item<bool>());
+
+  // a bool keep mask hiding key 4 equals an additive mask of -inf there
+  torch::Tensor keep = torch::ones({5, 5}, torch::kBool);
+  keep.select(1, 4).fill_(false);
+  torch::Tensor additive = torch::zeros({5, 5});
+  additive.select(1, 4).fill_(-std::numeric_limits<float>::infinity());
+  torch::NoGradGuard no_grad;
+  torch::Tensor y_keep = attn(x, keep);
+  EXPECT_LT(max_abs_diff(y_keep, attn(x, additive)), 1e-6);
+  EXPECT_GT(max_abs_diff(y_keep, attn(x)), 1e-4);
+  // per-batch [B, T, T] masks broadcast over heads
+  EXPECT_LT(max_abs_diff(attn(x, keep.unsqueeze(0)), y_keep), 1e-6);
+}
+
+TEST(StandardAttention, ErrorsNameTheArgument) {
+  ATTNKIT_EXPECT_ERROR(StandardAttention(StandardAttentionOptions(30, 4)),
+                       HasSubstr("StandardAttention: dim (30) must be divisible by num_heads (4)"));
+  ATTNKIT_EXPECT_ERROR(StandardAttention(StandardAttentionOptions(32, 0)), HasSubstr("num_heads"));
+  StandardAttention attn(32, 4);
+  ATTNKIT_EXPECT_ERROR(attn(torch::randn({1, 3, 32}), torch::ones({1, 1, 3, 3}, torch::kLong)),
+                       HasSubstr("attn_mask"), HasSubstr("Long"));
+}
+
+TEST(StandardAttention, PrettyPrint) {
+  std::ostringstream s;
+  StandardAttention(StandardAttentionOptions(32, 4).causal(true))->pretty_print(s);
+  EXPECT_EQ(s.str(), "attnkit::StandardAttention(dim=32, num_heads=4, causal=true, dropout=0, bias=false)");
+}
+
+TEST(StandardAttention, DropoutOnlyInTraining) {
+  torch::manual_seed(3);
+  StandardAttention attn(StandardAttentionOptions(32, 4).dropout(0.5));
+  torch::Tensor x = torch::randn({1, 6, 32});
+  torch::NoGradGuard no_grad;
+  attn->eval();
+  torch::Tensor a = attn(x), b = attn(x);
+  EXPECT_TRUE(torch::equal(a, b));
+  attn->train();
+  torch::manual_seed(4);
+  torch::Tensor c = attn(x);
+  torch::manual_seed(4);
+  EXPECT_TRUE(torch::equal(c, attn(x))) << "dropout must follow the seed";
+  EXPECT_GT(max_abs_diff(c, a), 1e-3);
+}
+
+}  // namespace
+}  // namespace attnkit

@@ -1,0 +1,199 @@
+#include "support/contract.h"
+
+#include <gmock/gmock.h>
+#include <torch/torch.h>
+
+namespace attnkit {
+namespace testing {
+
+std::ostream& operator<<(std::ostream& stream, const ContractCase& c) {
+  return stream << c.name << (c.causal ? " (causal)" : "");
+}
+
+void copy_parameters(const torch::nn::Module& from, torch::nn::Module& to) {
+  torch::NoGradGuard no_grad;
+  auto src = from.named_parameters();
+  auto dst = to.named_parameters();
+  ASSERT_EQ(src.size(), dst.size()) << "parameter counts differ";
+  for (const auto& p : src) {
+    auto* target = dst.find(p.key());
+    ASSERT_NE(target, nullptr) << "no parameter named " << p.key();
+    ASSERT_EQ(target->sizes(), p.value().sizes()) << p.key();
+    target->copy_(p.value());
+  }
+}
+
+double max_abs_diff(const torch::Tensor& a, const torch::Tensor& b) {
+  return (a.to(torch::kDouble) - b.to(torch::kDouble)).abs().max().item<double>();
+}
+
+namespace {
+
+constexpr double kTol = 1e-5;
+
+torch::Tensor input_for(const ContractCase& c, const Attention& m) {
+  return torch::randn({c.batch_size, c.seq_len, m->dim()});
+}
+
+}  // namespace
+
+TEST_P(AttentionContract, OutputShape) {
+  torch::manual_seed(0);
+  Attention m = GetParam().make();
+  m->eval();
+  torch::Tensor x = input_for(GetParam(), m);
+  torch::Tensor y = m(x);
+  EXPECT_EQ(y.sizes(), x.sizes());
+  EXPECT_EQ(y.scalar_type(), torch::kFloat);
+  EXPECT_TRUE(torch::isfinite(y).all().item<bool>());
+}
+
+TEST_P(AttentionContract, Causality) {
+  const ContractCase& c = GetParam();
+  if (!c.causal) GTEST_SKIP() << "not causal";
+  torch::manual_seed(1);
+  Attention m = c.make();
+  m->eval();
+  torch::NoGradGuard no_grad;
+  torch::Tensor x = input_for(c, m);
+  for (int64_t t : {c.seq_len - 1, c.seq_len / 2}) {
+    torch::Tensor x2 = x.clone();
+    x2.narrow(1, t, c.seq_len - t).add_(5.0);  // perturb position t and everything after it
+    torch::Tensor y = m(x), y2 = m(x2);
+    EXPECT_LT(max_abs_diff(y.narrow(1, 0, t), y2.narrow(1, 0, t)), kTol) << "perturbed at " << t;
+    EXPECT_GT(max_abs_diff(y.narrow(1, t, 1), y2.narrow(1, t, 1)), 1e-4)
+        << "output at " << t << " ignores its own input";
+  }
+}
+
+TEST_P(AttentionContract, GradientsReachEveryParameter) {
+  torch::manual_seed(2);
+  Attention m = GetParam().make();
+  m->train();
+  torch::Tensor x = input_for(GetParam(), m).requires_grad_(true);
+  (m(x) * torch::randn({x.size(0), x.size(1), x.size(2)})).sum().backward();
+  for (const auto& p : m->named_parameters()) {
+    ASSERT_TRUE(p.value().grad().defined()) << p.key() << " got no gradient";
+    EXPECT_GT(p.value().grad().abs().sum().item<double>(), 0.0) << p.key() << " has zero gradient";
+  }
+  EXPECT_GT(x.grad().abs().sum().item<double>(), 0.0);
+}
+
+TEST_P(AttentionContract, BatchIndependence) {
+  torch::manual_seed(3);
+  Attention m = GetParam().make();
+  m->eval();
+  torch::NoGradGuard no_grad;
+  torch::Tensor x = input_for(GetParam(), m);
+  torch::Tensor y = m(x);
+  for (int64_t b = 0; b < x.size(0); ++b) {
+    EXPECT_LT(max_abs_diff(m(x.narrow(0, b, 1)), y.narrow(0, b, 1)), kTol) << "sample " << b;
+  }
+}
+
+TEST_P(AttentionContract, DeterministicUnderSeed) {
+  torch::manual_seed(4);
+  Attention a = GetParam().make();
+  torch::Tensor x = input_for(GetParam(), a);
+  torch::manual_seed(4);
+  Attention b = GetParam().make();
+  a->eval();
+  b->eval();
+  torch::NoGradGuard no_grad;
+  EXPECT_TRUE(torch::equal(a(x), b(x)));
+}
+
+TEST_P(AttentionContract, Float64InFloat64Out) {
+  torch::manual_seed(5);
+  Attention m = GetParam().make();
+  m->eval();
+  torch::NoGradGuard no_grad;
+  torch::Tensor x = input_for(GetParam(), m);
+  torch::Tensor y32 = m(x);
+  m->to(torch::kDouble);
+  torch::Tensor y64 = m(x.to(torch::kDouble));
+  EXPECT_EQ(y64.scalar_type(), torch::kDouble);
+  EXPECT_LT(max_abs_diff(y32, y64), 1e-4);
+}
+
+TEST_P(AttentionContract, FullyMaskedRowIsFinite) {
+  const ContractCase& c = GetParam();
+  if (!c.takes_mask) GTEST_SKIP() << "mechanism takes no attn_mask";
+  torch::manual_seed(6);
+  Attention m = c.make();
+  m->eval();
+  torch::Tensor x = input_for(c, m);
+  torch::Tensor keep = torch::ones({c.seq_len, c.seq_len}, torch::kBool);
+  keep[2].fill_(false);  // query 2 sees nothing
+  torch::Tensor x_grad = x.clone().requires_grad_(true);
+  torch::Tensor y = m(x_grad, keep);
+  EXPECT_TRUE(torch::isfinite(y).all().item<bool>());
+  y.sum().backward();
+  EXPECT_TRUE(torch::isfinite(x_grad.grad()).all().item<bool>());
+}
+
+TEST_P(AttentionContract, DecodingMatchesFullForward) {
+  const ContractCase& c = GetParam();
+  torch::manual_seed(7);
+  Attention m = c.make();
+  if (!m->supports_decoding()) GTEST_SKIP() << "no decoding";
+  m->eval();
+  torch::NoGradGuard no_grad;
+  torch::Tensor x = input_for(c, m);
+  torch::Tensor full = m(x);
+
+  // chunks of uneven length: a prefill, a single token, then the rest
+  DecodeState chunked = m->init_state(c.batch_size);
+  std::vector<torch::Tensor> parts;
+  int64_t t = 0;
+  for (int64_t len : {int64_t{5}, int64_t{1}, int64_t{3}, c.seq_len}) {
+    len = std::min(len, c.seq_len - t);
+    if (len <= 0) break;
+    parts.push_back(m->forward(x.narrow(1, t, len), chunked));
+    t += len;
+  }
+  EXPECT_EQ(chunked.length(), c.seq_len);
+  EXPECT_LT(max_abs_diff(torch::cat(parts, 1), full), kTol) << "chunked decoding";
+
+  DecodeState single = m->init_state(c.batch_size);
+  parts.clear();
+  for (int64_t i = 0; i < c.seq_len; ++i) parts.push_back(m->forward(x.narrow(1, i, 1), single));
+  EXPECT_LT(max_abs_diff(torch::cat(parts, 1), full), kTol) << "token-by-token decoding";
+  EXPECT_GT(single.bytes(), 0);
+}
+
+TEST_P(AttentionContract, DecodeStateFromElsewhereIsRejected) {
+  const ContractCase& c = GetParam();
+  torch::manual_seed(8);
+  Attention m = c.make();
+  Attention other = c.make();
+  torch::Tensor x = input_for(c, m);
+  if (!m->supports_decoding()) {
+    EXPECT_THROW(m->init_state(c.batch_size), c10::Error);
+    return;
+  }
+  DecodeState foreign = other->init_state(c.batch_size);
+  ATTNKIT_EXPECT_ERROR(m->forward(x, foreign), ::testing::HasSubstr(m->mechanism()),
+                       ::testing::HasSubstr("another module"));
+  DecodeState wrong_batch = m->init_state(c.batch_size + 1);
+  ATTNKIT_EXPECT_ERROR(m->forward(x, wrong_batch), ::testing::HasSubstr("batch size"));
+}
+
+TEST_P(AttentionContract, BadInputIsRejected) {
+  torch::manual_seed(9);
+  Attention m = GetParam().make();
+  const int64_t D = m->dim();
+  using ::testing::HasSubstr;
+  ATTNKIT_EXPECT_ERROR(m(torch::randn({4, D})), HasSubstr(m->mechanism()), HasSubstr("3-D"));
+  ATTNKIT_EXPECT_ERROR(m(torch::randn({2, 4, D + 1})), HasSubstr(m->mechanism()),
+                       HasSubstr("dim (" + std::to_string(D) + ")"));
+  ATTNKIT_EXPECT_ERROR(m(torch::ones({2, 4, D}, torch::kLong)), HasSubstr(m->mechanism()),
+                       HasSubstr("floating-point"));
+  if (GetParam().takes_mask) {
+    ATTNKIT_EXPECT_ERROR(m(torch::randn({2, 4, D}), torch::ones({3, 4}, torch::kBool)),
+                         HasSubstr(m->mechanism()), HasSubstr("attn_mask"));
+  }
+}
+
+}  // namespace testing
+}  // namespace attnkit
