@@ -49,8 +49,9 @@ void RMSNormImpl::pretty_print(std::ostream& stream) const {
 }
 
 torch::Tensor RMSNormImpl::forward(const torch::Tensor& x) {
-  TORCH_CHECK(x.dim() >= 1 && x.size(-1) == options.dim(), "RMSNorm: expected x of shape [..., ",
-              options.dim(), "], got ", x.sizes());
+  TORCH_CHECK(x.dim() >= 1 && x.size(-1) == options.dim(),
+              "RMSNorm: expected x of shape [..., dim] with dim = ", options.dim(), ", got ",
+              x.sizes());
   return rms_norm(x, weight, options.eps(), options.zero_centered());
 }
 

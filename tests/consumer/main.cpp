@@ -8,7 +8,9 @@ int main() {
   attnkit::GroupedQueryAttention attn(
       attnkit::GroupedQueryAttentionOptions(/*dim=*/32, /*num_heads=*/4, /*num_kv_heads=*/2)
           .causal(true));
-  torch::Tensor y = attn(torch::randn({2, 5, 32}));
+  // attn->forward, not attn(...): ModuleHolder::operator() deduces its return type from
+  // &Impl::forward, which is ambiguous for the overloaded attention forwards (it becomes void).
+  torch::Tensor y = attn->forward(torch::randn({2, 5, 32}));
   if (y.sizes() != torch::IntArrayRef({2, 5, 32}) || !torch::isfinite(y).all().item<bool>()) {
     std::cerr << "consumer: unexpected output " << y.sizes() << "\n";
     return 1;
