@@ -12,4 +12,5 @@
 #include <attnkit/attention/grouped_query_attention.h>
 #include <attnkit/attention/multi_head_latent_attention.h>
 #include <attnkit/attention/multi_query_attention.h>
+#include <attnkit/attention/projected_attention.h>
 #include <attnkit/attention/standard_attention.h>

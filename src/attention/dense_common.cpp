@@ -14,8 +14,8 @@ void check_sequence_input(const std::string& mechanism,
               x.dim(), "-D shape ", x.sizes());
   TORCH_CHECK(x.size(2) == dim, mechanism, ": expected input x.size(-1) == dim (", dim, "), got ",
               x.size(2));
-  TORCH_CHECK(x.is_floating_point(), mechanism,
-              ": expected a floating-point input x, got dtype ", x.scalar_type());
+  TORCH_CHECK(x.is_floating_point(), mechanism, ": expected a floating-point input x, got dtype ",
+              x.scalar_type());
   TORCH_CHECK(x.scalar_type() == parameter.scalar_type(), mechanism, ": input x has dtype ",
               x.scalar_type(), " but the parameters are ", parameter.scalar_type(),
               "; move the module with ->to(", x.scalar_type(), ")");
@@ -32,8 +32,9 @@ void add_attn_mask(const std::string& mechanism,
   if (!attn_mask.defined()) return;
   const int64_t B = batch_size, H = num_heads, T = seq_len;
   auto fail = [&]() {
-    TORCH_CHECK(false, mechanism, ": expected attn_mask of shape [T, T], [B, T, T] or [B, 1|H, T, T] with B = ",
-                B, ", H = ", H, ", T = ", T, ", got ", attn_mask.sizes());
+    TORCH_CHECK(false, mechanism,
+                ": expected attn_mask of shape [T, T], [B, T, T] or [B, 1|H, T, T] with B = ", B,
+                ", H = ", H, ", T = ", T, ", got ", attn_mask.sizes());
   };
   torch::Tensor m;
   switch (attn_mask.dim()) {

@@ -32,12 +32,10 @@ GroupedQueryAttentionImpl::GroupedQueryAttentionImpl(GroupedQueryAttentionOption
   TORCH_CHECK(o.dropout() >= 0 && o.dropout() < 1, kName, ": dropout must be in [0, 1), got ",
               o.dropout());
   if (o.qk_norm_eps()) {
-    TORCH_CHECK(*o.qk_norm_eps() >= 0, kName, ": qk_norm_eps must be >= 0, got ",
-                *o.qk_norm_eps());
+    TORCH_CHECK(*o.qk_norm_eps() >= 0, kName, ": qk_norm_eps must be >= 0, got ", *o.qk_norm_eps());
   }
   if (o.window_left()) {
-    TORCH_CHECK(*o.window_left() >= 0, kName, ": window_left must be >= 0, got ",
-                *o.window_left());
+    TORCH_CHECK(*o.window_left() >= 0, kName, ": window_left must be >= 0, got ", *o.window_left());
   }
   if (o.window_right()) {
     TORCH_CHECK(*o.window_right() >= 0, kName, ": window_right must be >= 0, got ",
@@ -123,11 +121,16 @@ AttentionOutput GroupedQueryAttentionImpl::run(const torch::Tensor& x,
                                                bool need_weights) {
   detail::check_sequence_input(kName, x, options.dim(), q_proj->weight);
   if (state) check_state(*state, x);
-  detail::GroupedSpec spec{kName,           options.num_heads(), options.num_kv_heads(),
-                           options.head_dim(), options.causal(),  options.dropout(),
-                           options.window_left(), options.window_right()};
-  detail::GroupedLayers layers{q_proj, k_proj, v_proj, o_proj, gate_proj,
-                               q_norm, k_norm, rope_ ? &*rope_ : nullptr, sinks};
+  detail::GroupedSpec spec{kName,
+                           options.num_heads(),
+                           options.num_kv_heads(),
+                           options.head_dim(),
+                           options.causal(),
+                           options.dropout(),
+                           options.window_left(),
+                           options.window_right()};
+  detail::GroupedLayers layers{
+      q_proj, k_proj, v_proj, o_proj, gate_proj, q_norm, k_norm, rope_ ? &*rope_ : nullptr, sinks};
   return detail::grouped_attention(spec, layers, x, attn_mask, state, is_training(), need_weights);
 }
 

@@ -44,9 +44,8 @@ MultiHeadLatentAttentionImpl::MultiHeadLatentAttentionImpl(MultiHeadLatentAttent
   TORCH_CHECK(o.v_head_dim() > 0, kName, ": v_head_dim must be positive, got ", o.v_head_dim());
   TORCH_CHECK(o.dropout() >= 0 && o.dropout() < 1, kName, ": dropout must be in [0, 1), got ",
               o.dropout());
-  TORCH_CHECK(o.rope().dim() == 0 || o.rope().dim() == o.qk_rope_head_dim(), kName,
-              ": rope.dim (", o.rope().dim(), ") must be 0 or qk_rope_head_dim (",
-              o.qk_rope_head_dim(), ")");
+  TORCH_CHECK(o.rope().dim() == 0 || o.rope().dim() == o.qk_rope_head_dim(), kName, ": rope.dim (",
+              o.rope().dim(), ") must be 0 or qk_rope_head_dim (", o.qk_rope_head_dim(), ")");
   o.rope().dim(o.qk_rope_head_dim());
   reset();
 }
@@ -113,7 +112,8 @@ AttentionOutput MultiHeadLatentAttentionImpl::run(const torch::Tensor& x,
   const double scale = 1.0 / std::sqrt(static_cast<double>(nope + rope));
 
   // queries: [B, T, H, nope + rope] split into [q_nope | q_rope]
-  torch::Tensor q = (q_proj ? q_proj(x) : q_b_proj(q_a_layernorm(q_a_proj(x)))).view({B, T, H, nope + rope});
+  torch::Tensor q =
+      (q_proj ? q_proj(x) : q_b_proj(q_a_layernorm(q_a_proj(x)))).view({B, T, H, nope + rope});
   torch::Tensor q_nope = q.narrow(-1, 0, nope);
   torch::Tensor q_rope = rope_->apply(q.narrow(-1, nope, rope), offset);
 
@@ -123,7 +123,9 @@ AttentionOutput MultiHeadLatentAttentionImpl::run(const torch::Tensor& x,
   torch::Tensor k_rope = rope_->apply(compressed.narrow(-1, kv_lora, rope), offset);
 
   DotProductAttentionOptions attn;
-  attn.scale(scale).causal(o.causal()).dropout(is_training() ? o.dropout() : 0.0)
+  attn.scale(scale)
+      .causal(o.causal())
+      .dropout(is_training() ? o.dropout() : 0.0)
       .need_weights(need_weights);
   detail::add_attn_mask(kName, attn_mask, B, H, T, attn);
 
@@ -132,7 +134,8 @@ AttentionOutput MultiHeadLatentAttentionImpl::run(const torch::Tensor& x,
   if (!state) {
     // Rebuild per-head keys and values: kv_b_proj(latent) -> [B, T, H, nope + vd] = [k_nope | v]
     torch::Tensor kv = kv_b_proj(latent).view({B, T, H, nope + vd});
-    torch::Tensor k = torch::cat({kv.narrow(-1, 0, nope), k_rope.unsqueeze(2).expand({B, T, H, rope})}, -1);
+    torch::Tensor k =
+        torch::cat({kv.narrow(-1, 0, nope), k_rope.unsqueeze(2).expand({B, T, H, rope})}, -1);
     torch::Tensor v = kv.narrow(-1, nope, vd);
     torch::Tensor q_full = torch::cat({q_nope, q_rope}, -1);
     r = functional::dot_product_attention(q_full.transpose(1, 2), k.transpose(1, 2),
@@ -143,12 +146,12 @@ AttentionOutput MultiHeadLatentAttentionImpl::run(const torch::Tensor& x,
     //   q_nope . (W_uk c) = (W_uk^T q_nope) . c   and   sum_j a_j W_uv c_j = W_uv (sum_j a_j c_j),
     // so attention runs as MQA over [latent | rope key] with values = latent, and W_uv is applied
     // to the (kv_lora-wide) result.
-    torch::Tensor latent_all = state->append("latent", latent, 1);  // [B, Tk, kv_lora]
+    torch::Tensor latent_all = state->append("latent", latent, 1);    // [B, Tk, kv_lora]
     torch::Tensor k_rope_all = state->append("rope_key", k_rope, 1);  // [B, Tk, rope]
     state->advance(T);
     torch::Tensor w = kv_b_proj->weight.view({H, nope + vd, kv_lora});
-    torch::Tensor w_uk = w.narrow(1, 0, nope);   // [H, nope, kv_lora]
-    torch::Tensor w_uv = w.narrow(1, nope, vd);  // [H, vd, kv_lora]
+    torch::Tensor w_uk = w.narrow(1, 0, nope);                                 // [H, nope, kv_lora]
+    torch::Tensor w_uv = w.narrow(1, nope, vd);                                // [H, vd, kv_lora]
     torch::Tensor q_latent = torch::einsum("bthn,hnc->bhtc", {q_nope, w_uk});  // [B, H, T, kv_lora]
     torch::Tensor q_abs = torch::cat({q_latent, q_rope.transpose(1, 2)}, -1);
     torch::Tensor k_abs = torch::cat({latent_all, k_rope_all}, -1).unsqueeze(1);  // [B, 1, Tk, ·]

@@ -19,7 +19,9 @@ void DecodeState::check(const void* owner, const std::string& mechanism, int64_t
               batch_size_, ", got input with batch size ", batch_size);
 }
 
-torch::Tensor DecodeState::append(const std::string& name, const torch::Tensor& chunk, int64_t dim) {
+torch::Tensor DecodeState::append(const std::string& name,
+                                  const torch::Tensor& chunk,
+                                  int64_t dim) {
   dim = dim < 0 ? dim + chunk.dim() : dim;
   const int64_t n = chunk.size(dim);
   const int64_t needed = length_ + n;
@@ -69,7 +71,8 @@ int64_t DecodeState::bytes() const {
     const Entry& e = kv.second;
     if (!e.storage.defined()) continue;
     const int64_t per_position =
-        e.dim < 0 ? e.storage.numel() : e.storage.numel() / std::max<int64_t>(e.storage.size(e.dim), 1);
+        e.dim < 0 ? e.storage.numel()
+                  : e.storage.numel() / std::max<int64_t>(e.storage.size(e.dim), 1);
     total += (e.dim < 0 ? per_position : per_position * length_) *
              static_cast<int64_t>(e.storage.element_size());
   }

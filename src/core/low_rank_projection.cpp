@@ -26,11 +26,14 @@ LowRankProjectionImpl::LowRankProjectionImpl(int64_t in_features,
 void LowRankProjectionImpl::reset() {
   down_proj = register_module(
       "down_proj",
-      torch::nn::Linear(torch::nn::LinearOptions(options.in_features(), options.bottleneck()).bias(false)));
-  norm = register_module("norm", RMSNorm(RMSNormOptions(options.bottleneck()).eps(options.norm_eps())));
+      torch::nn::Linear(
+          torch::nn::LinearOptions(options.in_features(), options.bottleneck()).bias(false)));
+  norm = register_module("norm",
+                         RMSNorm(RMSNormOptions(options.bottleneck()).eps(options.norm_eps())));
   up_proj = register_module(
       "up_proj",
-      torch::nn::Linear(torch::nn::LinearOptions(options.bottleneck(), options.out_features()).bias(false)));
+      torch::nn::Linear(
+          torch::nn::LinearOptions(options.bottleneck(), options.out_features()).bias(false)));
 }
 
 void LowRankProjectionImpl::reset_parameters() {

@@ -7,7 +7,9 @@ namespace attnkit {
 namespace {
 
 // Checks that `t` broadcasts to [B, Hq, Tq, Tk].
-void check_broadcastable(const char* fn, const char* name, const torch::Tensor& t,
+void check_broadcastable(const char* fn,
+                         const char* name,
+                         const torch::Tensor& t,
                          std::initializer_list<int64_t> target) {
   std::vector<int64_t> shape(target);
   TORCH_CHECK(t.dim() >= 2 && t.dim() <= 4, fn, ": expected ", name,
@@ -39,10 +41,11 @@ void check_attention_inputs(const char* fn,
               ": expected query, key and value on one device, got ", q.device(), ", ", k.device(),
               ", ", v.device());
   TORCH_CHECK(k.size(0) == q.size(0) && v.size(0) == q.size(0), fn,
-              ": expected one batch size, got query ", q.size(0), ", key ", k.size(0),
-              ", value ", v.size(0));
-  TORCH_CHECK(k.size(3) == q.size(3), fn, ": expected key.size(-1) == query.size(-1) (head_dim), got ",
-              k.size(3), " vs ", q.size(3));
+              ": expected one batch size, got query ", q.size(0), ", key ", k.size(0), ", value ",
+              v.size(0));
+  TORCH_CHECK(k.size(3) == q.size(3), fn,
+              ": expected key.size(-1) == query.size(-1) (head_dim), got ", k.size(3), " vs ",
+              q.size(3));
   TORCH_CHECK(v.size(1) == k.size(1) && v.size(2) == k.size(2), fn,
               ": expected value [B, Hkv, Tk, Dv] to match key's heads and length, got value ",
               v.sizes(), " and key ", k.sizes());
@@ -131,8 +134,8 @@ AttentionResult reference_attention(const torch::Tensor& q,
   torch::Tensor weights = p / safe_denom;
   torch::Tensor lse = (row_max + torch::log(denom)).squeeze(-1);  // log(0) = -inf when empty
 
-  torch::Tensor dropped = o.dropout() > 0 ? torch::dropout(weights, o.dropout(), /*train=*/true)
-                                          : weights;
+  torch::Tensor dropped =
+      o.dropout() > 0 ? torch::dropout(weights, o.dropout(), /*train=*/true) : weights;
   torch::Tensor out = torch::matmul(dropped.reshape({B, Hkv, G, Tq, Tk}), vg);  // [B,Hkv,G,Tq,Dv]
   AttentionResult result;
   result.output = out.reshape({B, Hq, Tq, Dv}).to(q.scalar_type());

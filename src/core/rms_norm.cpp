@@ -7,14 +7,15 @@ torch::Tensor rms_norm(const torch::Tensor& x,
                        double eps,
                        bool zero_centered) {
   TORCH_CHECK(x.dim() >= 1, "rms_norm: expected x with at least 1 dim, got a scalar");
-  TORCH_CHECK(x.is_floating_point(), "rms_norm: expected a floating-point x, got ", x.scalar_type());
+  TORCH_CHECK(x.is_floating_point(), "rms_norm: expected a floating-point x, got ",
+              x.scalar_type());
   // opmath: float for bf16/fp16, the input's own type otherwise.
   const auto compute = x.scalar_type() == torch::kDouble ? torch::kDouble : torch::kFloat;
   torch::Tensor xf = x.to(compute);
   torch::Tensor y = xf * torch::rsqrt(xf.pow(2).mean(-1, /*keepdim=*/true) + eps);
   if (weight.defined()) {
-    TORCH_CHECK(weight.dim() == 1 && weight.size(0) == x.size(-1), "rms_norm: expected weight of shape [",
-                x.size(-1), "], got ", weight.sizes());
+    TORCH_CHECK(weight.dim() == 1 && weight.size(0) == x.size(-1),
+                "rms_norm: expected weight of shape [", x.size(-1), "], got ", weight.sizes());
     torch::Tensor w = weight.to(compute);
     y = y * (zero_centered ? w + 1.0 : w);
   }

@@ -13,10 +13,14 @@ const char* to_string(RopeChannels channels) {
 }
 const char* to_string(RopeScaling scaling) {
   switch (scaling) {
-    case RopeScaling::kNone: return "none";
-    case RopeScaling::kLinear: return "linear";
-    case RopeScaling::kNtk: return "ntk";
-    case RopeScaling::kYarn: return "yarn";
+    case RopeScaling::kNone:
+      return "none";
+    case RopeScaling::kLinear:
+      return "linear";
+    case RopeScaling::kNtk:
+      return "ntk";
+    case RopeScaling::kYarn:
+      return "yarn";
   }
   return "?";
 }
@@ -79,8 +83,8 @@ RotaryEmbedding::RotaryEmbedding(RopeOptions options, int64_t head_dim, const st
   rope_dim_ = options.dim() == 0 ? head_dim : options.dim();
   TORCH_CHECK(rope_dim_ > 0, owner, ": rope dim must be positive, got ", options.dim());
   TORCH_CHECK(rope_dim_ % 2 == 0, owner, ": rope dim must be even, got ", rope_dim_);
-  TORCH_CHECK(rope_dim_ <= head_dim, owner, ": rope dim (", rope_dim_,
-              ") must be <= head_dim (", head_dim, ")");
+  TORCH_CHECK(rope_dim_ <= head_dim, owner, ": rope dim (", rope_dim_, ") must be <= head_dim (",
+              head_dim, ")");
   TORCH_CHECK(options.theta() > 1, owner, ": rope theta must be > 1, got ", options.theta());
   if (options.scaling() != RopeScaling::kNone) {
     TORCH_CHECK(options.factor() > 0, owner, ": rope scaling factor must be > 0, got ",

@@ -10,8 +10,8 @@
 namespace attnkit {
 namespace {
 
-using ::testing::HasSubstr;
 using testing::ContractCase;
+using ::testing::HasSubstr;
 using testing::max_abs_diff;
 
 GroupedQueryAttentionOptions full_options() {
@@ -27,15 +27,19 @@ GroupedQueryAttentionOptions full_options() {
 ATTNKIT_CONTRACT_SUITE(
     GroupedQueryAttention,
     ContractCase{"plain_causal",
-                 [] { return as_attention(GroupedQueryAttention(
-                          GroupedQueryAttentionOptions(32, 4, 2).causal(true))); },
+                 [] {
+                   return as_attention(
+                       GroupedQueryAttention(GroupedQueryAttentionOptions(32, 4, 2).causal(true)));
+                 },
                  true},
     ContractCase{"non_causal_bias",
-                 [] { return as_attention(GroupedQueryAttention(
-                          GroupedQueryAttentionOptions(32, 4, 1).bias(true))); },
+                 [] {
+                   return as_attention(
+                       GroupedQueryAttention(GroupedQueryAttentionOptions(32, 4, 1).bias(true)));
+                 },
                  false},
-    ContractCase{"every_feature", [] { return as_attention(GroupedQueryAttention(full_options())); },
-                 true},
+    ContractCase{"every_feature",
+                 [] { return as_attention(GroupedQueryAttention(full_options())); }, true},
     ContractCase{"window_zero_centered",
                  [] {
                    return as_attention(GroupedQueryAttention(
@@ -65,14 +69,19 @@ TEST(GroupedQueryAttention, MatchesNaiveReimplementation) {
 
   torch::NoGradGuard no_grad;
   torch::Tensor xd = x.to(torch::kDouble);
-  auto lin = [&](const torch::nn::Linear& l) { return xd.matmul(l->weight.to(torch::kDouble).t()); };
-  torch::Tensor q = testing::naive_rms_norm(lin(attn->q_proj).view({B, T, H, hd}), attn->q_norm->weight, 1e-6);
-  torch::Tensor k = testing::naive_rms_norm(lin(attn->k_proj).view({B, T, Hkv, hd}), attn->k_norm->weight, 1e-6);
+  auto lin = [&](const torch::nn::Linear& l) {
+    return xd.matmul(l->weight.to(torch::kDouble).t());
+  };
+  torch::Tensor q =
+      testing::naive_rms_norm(lin(attn->q_proj).view({B, T, H, hd}), attn->q_norm->weight, 1e-6);
+  torch::Tensor k =
+      testing::naive_rms_norm(lin(attn->k_proj).view({B, T, Hkv, hd}), attn->k_norm->weight, 1e-6);
   torch::Tensor v = lin(attn->v_proj).view({B, T, Hkv, hd});
   q = testing::naive_rope_half(q, 8, 500.0);
   k = testing::naive_rope_half(k, 8, 500.0);
-  torch::Tensor o = testing::naive_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                             1.0 / std::sqrt(16.0), /*causal=*/true, -1, attn->sinks);
+  torch::Tensor o =
+      testing::naive_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                               1.0 / std::sqrt(16.0), /*causal=*/true, -1, attn->sinks);
   o = o.transpose(1, 2).reshape({B, T, H * hd}) * torch::sigmoid(lin(attn->gate_proj));
   torch::Tensor expected = o.matmul(attn->o_proj->weight.to(torch::kDouble).t());
   EXPECT_LT(max_abs_diff(y, expected), 1e-5);
@@ -81,9 +90,10 @@ TEST(GroupedQueryAttention, MatchesNaiveReimplementation) {
 TEST(GroupedQueryAttention, ParameterNamesFollowCheckpoints) {
   GroupedQueryAttention attn(full_options());
   std::map<std::string, std::vector<int64_t>> expected = {
-      {"q_proj.weight", {64, 48}},  {"k_proj.weight", {32, 48}},   {"v_proj.weight", {32, 48}},
-      {"o_proj.weight", {48, 64}},  {"gate_proj.weight", {64, 48}}, {"q_norm.weight", {16}},
-      {"k_norm.weight", {16}},      {"sinks", {4}}};
+      {"q_proj.weight", {64, 48}},    {"k_proj.weight", {32, 48}},
+      {"v_proj.weight", {32, 48}},    {"o_proj.weight", {48, 64}},
+      {"gate_proj.weight", {64, 48}}, {"q_norm.weight", {16}},
+      {"k_norm.weight", {16}},        {"sinks", {4}}};
   auto params = attn->named_parameters();
   EXPECT_EQ(params.size(), expected.size());
   for (const auto& [name, shape] : expected) {

@@ -10,8 +10,8 @@
 namespace attnkit {
 namespace {
 
-using ::testing::HasSubstr;
 using testing::ContractCase;
+using ::testing::HasSubstr;
 using testing::max_abs_diff;
 
 MultiHeadLatentAttentionOptions small_options() {
@@ -25,9 +25,10 @@ MultiHeadLatentAttentionOptions small_options() {
 
 ATTNKIT_CONTRACT_SUITE(
     MultiHeadLatentAttention,
-    ContractCase{"q_lora", [] { return as_attention(MultiHeadLatentAttention(small_options())); }, true},
-    ContractCase{"direct_q_defaults",
-                 [] { return as_attention(MultiHeadLatentAttention(64, 4)); }, true},
+    ContractCase{"q_lora", [] { return as_attention(MultiHeadLatentAttention(small_options())); },
+                 true},
+    ContractCase{"direct_q_defaults", [] { return as_attention(MultiHeadLatentAttention(64, 4)); },
+                 true},
     ContractCase{"non_causal_half_rope",
                  [] {
                    return as_attention(MultiHeadLatentAttention(
@@ -51,18 +52,22 @@ TEST(MultiHeadLatentAttention, MatchesNaiveReimplementation) {
   torch::NoGradGuard no_grad;
   auto W = [](const torch::nn::Linear& l) { return l->weight.to(torch::kDouble).t(); };
   torch::Tensor xd = x.to(torch::kDouble);
-  torch::Tensor cq = testing::naive_rms_norm(xd.matmul(W(attn->q_a_proj)), attn->q_a_layernorm->weight, 1e-6);
+  torch::Tensor cq =
+      testing::naive_rms_norm(xd.matmul(W(attn->q_a_proj)), attn->q_a_layernorm->weight, 1e-6);
   torch::Tensor q = cq.matmul(W(attn->q_b_proj)).view({B, T, H, nope + rope});
   torch::Tensor ckv = xd.matmul(W(attn->kv_a_proj_with_mqa));  // [latent | rope key]
-  torch::Tensor latent = testing::naive_rms_norm(ckv.narrow(-1, 0, kv_lora), attn->kv_a_layernorm->weight, 1e-6);
-  torch::Tensor k_rope = testing::naive_rope_interleaved(ckv.narrow(-1, kv_lora, rope).view({B, T, 1, rope}), 1e4);
+  torch::Tensor latent =
+      testing::naive_rms_norm(ckv.narrow(-1, 0, kv_lora), attn->kv_a_layernorm->weight, 1e-6);
+  torch::Tensor k_rope =
+      testing::naive_rope_interleaved(ckv.narrow(-1, kv_lora, rope).view({B, T, 1, rope}), 1e4);
   torch::Tensor q_rope = testing::naive_rope_interleaved(q.narrow(-1, nope, rope), 1e4);
   torch::Tensor kv = latent.matmul(W(attn->kv_b_proj)).view({B, T, H, nope + vd});
   torch::Tensor qf = torch::cat({q.narrow(-1, 0, nope), q_rope}, -1);
   torch::Tensor kf = torch::cat({kv.narrow(-1, 0, nope), k_rope.expand({B, T, H, rope})}, -1);
   torch::Tensor v = kv.narrow(-1, nope, vd);
-  torch::Tensor o = testing::naive_attention(qf.transpose(1, 2), kf.transpose(1, 2), v.transpose(1, 2),
-                                             1.0 / std::sqrt(double(nope + rope)), true);
+  torch::Tensor o =
+      testing::naive_attention(qf.transpose(1, 2), kf.transpose(1, 2), v.transpose(1, 2),
+                               1.0 / std::sqrt(double(nope + rope)), true);
   torch::Tensor expected = o.transpose(1, 2).reshape({B, T, H * vd}).matmul(W(attn->o_proj));
   EXPECT_LT(max_abs_diff(y, expected), 1e-5);
 }
@@ -70,9 +75,9 @@ TEST(MultiHeadLatentAttention, MatchesNaiveReimplementation) {
 TEST(MultiHeadLatentAttention, ParameterNamesFollowDeepSeek) {
   MultiHeadLatentAttention attn(small_options());
   std::map<std::string, std::vector<int64_t>> expected = {
-      {"q_a_proj.weight", {24, 48}},           {"q_a_layernorm.weight", {24}},
-      {"q_b_proj.weight", {4 * 14, 24}},       {"kv_a_proj_with_mqa.weight", {22, 48}},
-      {"kv_a_layernorm.weight", {16}},         {"kv_b_proj.weight", {4 * 18, 16}},
+      {"q_a_proj.weight", {24, 48}},     {"q_a_layernorm.weight", {24}},
+      {"q_b_proj.weight", {4 * 14, 24}}, {"kv_a_proj_with_mqa.weight", {22, 48}},
+      {"kv_a_layernorm.weight", {16}},   {"kv_b_proj.weight", {4 * 18, 16}},
       {"o_proj.weight", {48, 40}}};
   auto params = attn->named_parameters();
   EXPECT_EQ(params.size(), expected.size());
@@ -106,10 +111,12 @@ TEST(MultiHeadLatentAttention, DefaultsFollowAttnhut) {
 
 TEST(MultiHeadLatentAttention, ErrorsNameTheArgument) {
   ATTNKIT_EXPECT_ERROR(MultiHeadLatentAttention(small_options().qk_rope_head_dim(5)),
-                       HasSubstr("MultiHeadLatentAttention"), HasSubstr("rope dim must be even, got 5"));
+                       HasSubstr("MultiHeadLatentAttention"),
+                       HasSubstr("rope dim must be even, got 5"));
   ATTNKIT_EXPECT_ERROR(MultiHeadLatentAttention(MultiHeadLatentAttentionOptions(30, 4)),
                        HasSubstr("dim (30) must be divisible by num_heads (4)"));
-  ATTNKIT_EXPECT_ERROR(MultiHeadLatentAttention(small_options().q_lora_rank(0)), HasSubstr("q_lora_rank"));
+  ATTNKIT_EXPECT_ERROR(MultiHeadLatentAttention(small_options().q_lora_rank(0)),
+                       HasSubstr("q_lora_rank"));
   ATTNKIT_EXPECT_ERROR(MultiHeadLatentAttention(small_options().rope(RopeOptions().dim(4))),
                        HasSubstr("rope.dim (4) must be 0 or qk_rope_head_dim (6)"));
 }

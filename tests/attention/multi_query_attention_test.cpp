@@ -10,18 +10,23 @@
 namespace attnkit {
 namespace {
 
-using ::testing::HasSubstr;
 using testing::ContractCase;
+using ::testing::HasSubstr;
 using testing::max_abs_diff;
 
-ATTNKIT_CONTRACT_SUITE(
-    MultiQueryAttention,
-    ContractCase{"causal",
-                 [] { return as_attention(MultiQueryAttention(MultiQueryAttentionOptions(32, 4).causal(true))); },
-                 true},
-    ContractCase{"non_causal",
-                 [] { return as_attention(MultiQueryAttention(MultiQueryAttentionOptions(32, 8).bias(true))); },
-                 false});
+ATTNKIT_CONTRACT_SUITE(MultiQueryAttention,
+                       ContractCase{"causal",
+                                    [] {
+                                      return as_attention(MultiQueryAttention(
+                                          MultiQueryAttentionOptions(32, 4).causal(true)));
+                                    },
+                                    true},
+                       ContractCase{"non_causal",
+                                    [] {
+                                      return as_attention(MultiQueryAttention(
+                                          MultiQueryAttentionOptions(32, 8).bias(true)));
+                                    },
+                                    false});
 
 TEST(MultiQueryAttention, EqualsGroupedQueryWithOneKvHead) {
   torch::manual_seed(0);
@@ -45,8 +50,9 @@ TEST(MultiQueryAttention, SharesOneKvHead) {
 }
 
 TEST(MultiQueryAttention, ErrorsNameTheArgument) {
-  ATTNKIT_EXPECT_ERROR(MultiQueryAttention(MultiQueryAttentionOptions(30, 4)),
-                       HasSubstr("MultiQueryAttention: dim (30) must be divisible by num_heads (4)"));
+  ATTNKIT_EXPECT_ERROR(
+      MultiQueryAttention(MultiQueryAttentionOptions(30, 4)),
+      HasSubstr("MultiQueryAttention: dim (30) must be divisible by num_heads (4)"));
 }
 
 }  // namespace

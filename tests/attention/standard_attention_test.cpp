@@ -11,18 +11,23 @@
 namespace attnkit {
 namespace {
 
-using ::testing::HasSubstr;
 using testing::ContractCase;
+using ::testing::HasSubstr;
 using testing::max_abs_diff;
 
-ATTNKIT_CONTRACT_SUITE(
-    StandardAttention,
-    ContractCase{"causal",
-                 [] { return as_attention(StandardAttention(StandardAttentionOptions(32, 4).causal(true))); },
-                 true},
-    ContractCase{"non_causal_bias",
-                 [] { return as_attention(StandardAttention(StandardAttentionOptions(24, 3).bias(true))); },
-                 false});
+ATTNKIT_CONTRACT_SUITE(StandardAttention,
+                       ContractCase{"causal",
+                                    [] {
+                                      return as_attention(StandardAttention(
+                                          StandardAttentionOptions(32, 4).causal(true)));
+                                    },
+                                    true},
+                       ContractCase{"non_causal_bias",
+                                    [] {
+                                      return as_attention(StandardAttention(
+                                          StandardAttentionOptions(24, 3).bias(true)));
+                                    },
+                                    false});
 
 TEST(StandardAttention, MatchesNaiveReimplementation) {
   torch::manual_seed(0);
@@ -36,8 +41,9 @@ TEST(StandardAttention, MatchesNaiveReimplementation) {
     return in.matmul(l->weight.to(torch::kDouble).t()) + l->bias.to(torch::kDouble);
   };
   auto heads = [&](const torch::Tensor& t) { return t.view({B, T, H, hd}).transpose(1, 2); };
-  torch::Tensor o = testing::naive_attention(heads(lin(xd, attn->q_proj)), heads(lin(xd, attn->k_proj)),
-                                             heads(lin(xd, attn->v_proj)), 1.0 / std::sqrt(8.0), true);
+  torch::Tensor o =
+      testing::naive_attention(heads(lin(xd, attn->q_proj)), heads(lin(xd, attn->k_proj)),
+                               heads(lin(xd, attn->v_proj)), 1.0 / std::sqrt(8.0), true);
   torch::Tensor expected = lin(o.transpose(1, 2).reshape({B, T, 32}), attn->o_proj);
   EXPECT_LT(max_abs_diff(y, expected), 1e-5);
 }
@@ -86,7 +92,8 @@ TEST(StandardAttention, ErrorsNameTheArgument) {
 TEST(StandardAttention, PrettyPrint) {
   std::ostringstream s;
   StandardAttention(StandardAttentionOptions(32, 4).causal(true))->pretty_print(s);
-  EXPECT_EQ(s.str(), "attnkit::StandardAttention(dim=32, num_heads=4, causal=true, dropout=0, bias=false)");
+  EXPECT_EQ(s.str(),
+            "attnkit::StandardAttention(dim=32, num_heads=4, causal=true, dropout=0, bias=false)");
 }
 
 TEST(StandardAttention, DropoutOnlyInTraining) {

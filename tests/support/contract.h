@@ -45,14 +45,15 @@ double max_abs_diff(const torch::Tensor& a, const torch::Tensor& b);
 }  // namespace testing
 }  // namespace attnkit
 
-#define ATTNKIT_CONTRACT_SUITE(prefix, ...)                                              \
-  using ::attnkit::testing::AttentionContract;                                           \
-  INSTANTIATE_TEST_SUITE_P(prefix, AttentionContract,                                    \
-                           ::testing::Values(__VA_ARGS__),                               \
-                           [](const ::testing::TestParamInfo<::attnkit::testing::ContractCase>& \
-                                  info) { return info.param.name; })
+#define ATTNKIT_CONTRACT_SUITE(prefix, ...)                                        \
+  using ::attnkit::testing::AttentionContract;                                     \
+  INSTANTIATE_TEST_SUITE_P(                                                        \
+      prefix, AttentionContract, ::testing::Values(__VA_ARGS__),                   \
+      [](const ::testing::TestParamInfo<::attnkit::testing::ContractCase>& info) { \
+        return info.param.name;                                                    \
+      })
 
 /// Expects `statement` to throw a c10::Error whose message contains every listed substring.
-#define ATTNKIT_EXPECT_ERROR(statement, ...)                                             \
-  EXPECT_THAT([&] { statement; },                                                        \
+#define ATTNKIT_EXPECT_ERROR(statement, ...) \
+  EXPECT_THAT([&] { statement; },            \
               ::testing::ThrowsMessage<c10::Error>(::testing::AllOf(__VA_ARGS__)))

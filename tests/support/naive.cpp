@@ -27,7 +27,8 @@ torch::Tensor naive_attention(const torch::Tensor& q_in,
       for (int64_t i = 0; i < Tq; ++i) {
         const int64_t pos = i + Tk - Tq;
         std::vector<double> logit(Tk, -std::numeric_limits<double>::infinity());
-        double m = sinks.defined() ? sinks[h].item<double>() : -std::numeric_limits<double>::infinity();
+        double m =
+            sinks.defined() ? sinks[h].item<double>() : -std::numeric_limits<double>::infinity();
         for (int64_t j = 0; j < Tk; ++j) {
           if (causal && j > pos) continue;
           if (window_left >= 0 && j < pos - window_left) continue;
@@ -49,7 +50,10 @@ torch::Tensor naive_attention(const torch::Tensor& q_in,
   return out;
 }
 
-torch::Tensor naive_rope_half(const torch::Tensor& x_in, int64_t rope_dim, double theta, int64_t offset) {
+torch::Tensor naive_rope_half(const torch::Tensor& x_in,
+                              int64_t rope_dim,
+                              double theta,
+                              int64_t offset) {
   torch::Tensor x = x_in.to(torch::kDouble).contiguous();
   torch::Tensor out = x.clone();
   auto xa = x.accessor<double, 4>();
@@ -85,7 +89,10 @@ torch::Tensor naive_rope_interleaved(const torch::Tensor& x_in, double theta, in
   return out;
 }
 
-torch::Tensor naive_rms_norm(const torch::Tensor& x, const torch::Tensor& w, double eps, bool zero_centered) {
+torch::Tensor naive_rms_norm(const torch::Tensor& x,
+                             const torch::Tensor& w,
+                             double eps,
+                             bool zero_centered) {
   torch::Tensor xd = x.to(torch::kDouble);
   torch::Tensor wd = w.to(torch::kDouble);
   return xd / torch::sqrt(xd.pow(2).mean(-1, true) + eps) * (zero_centered ? wd + 1 : wd);

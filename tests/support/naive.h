@@ -22,13 +22,19 @@ torch::Tensor naive_attention(const torch::Tensor& q,
 
 /// Rotate-half RoPE on the first `rope_dim` channels of x [B, T, H, hd] at positions
 /// offset + t, angles theta^(-2i/rope_dim) * position (double).
-torch::Tensor naive_rope_half(const torch::Tensor& x, int64_t rope_dim, double theta, int64_t offset = 0);
+torch::Tensor naive_rope_half(const torch::Tensor& x,
+                              int64_t rope_dim,
+                              double theta,
+                              int64_t offset = 0);
 
 /// Interleaved-pair RoPE on all channels of x [B, T, H, d] (double).
 torch::Tensor naive_rope_interleaved(const torch::Tensor& x, double theta, int64_t offset = 0);
 
 /// RMSNorm over the last dim with weight w (applied as w, or 1 + w when zero_centered).
-torch::Tensor naive_rms_norm(const torch::Tensor& x, const torch::Tensor& w, double eps, bool zero_centered = false);
+torch::Tensor naive_rms_norm(const torch::Tensor& x,
+                             const torch::Tensor& w,
+                             double eps,
+                             bool zero_centered = false);
 
 }  // namespace testing
 }  // namespace attnkit

@@ -22,7 +22,8 @@ struct GroupedQueryAttentionOptions {
   TORCH_ARG(int64_t, dim);
   /// Number of query heads. Required.
   TORCH_ARG(int64_t, num_heads);
-  /// Number of key/value heads; query head h reads kv head h / (num_heads / num_kv_heads). Required.
+  /// Number of key/value heads; query head h reads kv head h / (num_heads / num_kv_heads).
+  /// Required.
   TORCH_ARG(int64_t, num_kv_heads);
   /// Width of one head. 0 means dim / num_heads. Default: 0
   TORCH_ARG(int64_t, head_dim) = 0;
@@ -38,7 +39,8 @@ struct GroupedQueryAttentionOptions {
   TORCH_ARG(bool, qk_norm_zero_centered) = false;
   /// Rotary embedding on q and k; unset means none. Default: nullopt
   TORCH_ARG(c10::optional<RopeOptions>, rope) = c10::nullopt;
-  /// Multiply the attention output by sigmoid(gate_proj(x)) before o_proj (Qwen 3.5). Default: false
+  /// Multiply the attention output by sigmoid(gate_proj(x)) before o_proj (Qwen 3.5). Default:
+  /// false
   TORCH_ARG(bool, output_gate) = false;
   /// Sliding window: a query sees at most this many earlier keys; unset means all. Default: nullopt
   TORCH_ARG(c10::optional<int64_t>, window_left) = c10::nullopt;

@@ -1,59 +1,29 @@
 #pragma once
-// Multi-query attention (Shazeer, 2019, "Fast Transformer Decoding: One Write-Head is All You Need").
+// Multi-query attention (Shazeer, 2019, "Fast Transformer Decoding: One Write-Head is All You
+// Need"): all query heads share one key/value head, so the decode cache is num_heads times smaller.
 
-#include <attnkit/attention/attention.h>
+#include <attnkit/attention/projected_attention.h>
 
 #include <torch/nn/cloneable.h>
-#include <torch/nn/modules/linear.h>
 
 namespace attnkit {
 
-/// Options for `MultiQueryAttention`.
+/// Options for `MultiQueryAttention`: dim, num_heads (required), causal, dropout, bias.
 /// Example:
-///   MultiQueryAttention attn(MultiQueryAttentionOptions(/*dim=*/512, /*num_heads=*/8).causal(true));
-struct MultiQueryAttentionOptions {
-  MultiQueryAttentionOptions(int64_t dim, int64_t num_heads);
-  /// Model width of the input and output. Required.
-  TORCH_ARG(int64_t, dim);
-  /// Number of query heads; head_dim = dim / num_heads. Required.
-  TORCH_ARG(int64_t, num_heads);
-  /// Mask future keys (and allow decoding). Default: false
-  TORCH_ARG(bool, causal) = false;
-  /// Dropout on the attention weights in training mode. Default: 0
-  TORCH_ARG(double, dropout) = 0.0;
-  /// Bias on the q, k, v and o projections. Default: false
-  TORCH_ARG(bool, bias) = false;
-};
+///   MultiQueryAttention attn(MultiQueryAttentionOptions(/*dim=*/512,
+///   /*num_heads=*/8).causal(true));
+using MultiQueryAttentionOptions = ProjectedAttentionOptions;
 
-/// Multi-query attention: all query heads share one key/value head. x: [B, T, dim] -> [B, T, dim].
-/// Parameters (Llama-style names, so it shares weights with GroupedQueryAttention):
-/// q_proj [dim, dim], k_proj and v_proj [1*hd, dim], o_proj [dim, dim].
-class MultiQueryAttentionImpl : public torch::nn::Cloneable<MultiQueryAttentionImpl>, public AttentionImpl {
+/// Multi-query attention (Shazeer, 2019, "Fast Transformer Decoding: One Write-Head is All You
+/// Need"): all query heads share one key/value head, so the decode cache is num_heads times
+/// smaller. x: [B, T, dim] -> [B, T, dim]. Parameters: q_proj, k_proj, v_proj, o_proj.
+class MultiQueryAttentionImpl : public torch::nn::Cloneable<MultiQueryAttentionImpl>,
+                                public ProjectedAttentionImpl {
  public:
   explicit MultiQueryAttentionImpl(MultiQueryAttentionOptions options);
   MultiQueryAttentionImpl(int64_t dim, int64_t num_heads);
-
   void reset() override;
-  void reset_parameters();
-  void pretty_print(std::ostream& stream) const override;
-
-  torch::Tensor forward(const torch::Tensor& x) override;
-  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& attn_mask) override;
-  torch::Tensor forward(const torch::Tensor& x, DecodeState& state) override;
-  DecodeState init_state(int64_t batch_size) const override;
-  bool supports_decoding() const override { return options.causal(); }
-  AttentionOutput forward_with_aux(const torch::Tensor& x) override;
   std::string mechanism() const override { return "MultiQueryAttention"; }
-  int64_t dim() const override { return options.dim(); }
-
-  MultiQueryAttentionOptions options;
-  torch::nn::Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
-
- private:
-  AttentionOutput run(const torch::Tensor& x,
-                      const torch::Tensor& attn_mask,
-                      DecodeState* state,
-                      bool need_weights);
 };
 ATTNKIT_ATTENTION_MODULE(MultiQueryAttention);
 

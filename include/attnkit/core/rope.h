@@ -72,7 +72,9 @@ std::ostream& operator<<(std::ostream& stream, const RopeOptions& options);
 class RotaryEmbedding {
  public:
   /// `owner` names the mechanism in error messages.
-  RotaryEmbedding(RopeOptions options, int64_t head_dim, const std::string& owner = "RotaryEmbedding");
+  RotaryEmbedding(RopeOptions options,
+                  int64_t head_dim,
+                  const std::string& owner = "RotaryEmbedding");
 
   /// x: [B, T, H, head_dim] (or [B, T, head_dim] for one shared head); token t sits at position
   /// offset + t. Returns a tensor of the same shape and dtype with the rope channels rotated.
@@ -96,6 +98,8 @@ class RotaryEmbedding {
 };
 
 /// Inverse frequencies [rope_dim / 2] (float64) for `options` and `rope_dim`, and YaRN's mscale.
-torch::Tensor rope_inverse_frequencies(const RopeOptions& options, int64_t rope_dim, double* mscale);
+torch::Tensor rope_inverse_frequencies(const RopeOptions& options,
+                                       int64_t rope_dim,
+                                       double* mscale);
 
 }  // namespace attnkit
