@@ -58,18 +58,22 @@ class AttentionImpl : public virtual torch::nn::Module {
 /// Declares the module holder `Name` for `NameImpl`, like TORCH_MODULE, with call operators for
 /// the overloaded forwards (TORCH_MODULE's generic operator() cannot deduce an overloaded
 /// forward): m(x), m(x, attn_mask), m(x, state).
-#define ATTNKIT_ATTENTION_MODULE(Name)                                                 \
-  class Name : public torch::nn::ModuleHolder<Name##Impl> { /* NOLINT */               \
-   public:                                                                             \
-    using torch::nn::ModuleHolder<Name##Impl>::ModuleHolder;                           \
-    using Impl = Name##Impl;                                                           \
-    torch::Tensor operator()(const torch::Tensor& x) { return get()->forward(x); }     \
-    torch::Tensor operator()(const torch::Tensor& x, const torch::Tensor& attn_mask) { \
-      return get()->forward(x, attn_mask);                                             \
-    }                                                                                  \
-    torch::Tensor operator()(const torch::Tensor& x, ::attnkit::DecodeState& state) {  \
-      return get()->forward(x, state);                                                 \
-    }                                                                                  \
+#define ATTNKIT_ATTENTION_MODULE(Name)                                                   \
+  class Name : public torch::nn::ModuleHolder<Name##Impl> { /* NOLINT */                 \
+   public:                                                                               \
+    using torch::nn::ModuleHolder<Name##Impl>::ModuleHolder;                             \
+    using Impl = Name##Impl;                                                             \
+    /* Calls go through the base so a mechanism overriding only some overloads works. */ \
+    torch::Tensor operator()(const torch::Tensor& x) { return base().forward(x); }       \
+    torch::Tensor operator()(const torch::Tensor& x, const torch::Tensor& attn_mask) {   \
+      return base().forward(x, attn_mask);                                               \
+    }                                                                                    \
+    torch::Tensor operator()(const torch::Tensor& x, ::attnkit::DecodeState& state) {    \
+      return base().forward(x, state);                                                   \
+    }                                                                                    \
+                                                                                         \
+   private:                                                                              \
+    ::attnkit::AttentionImpl& base() { return *get(); }                                  \
   }
 
 ATTNKIT_ATTENTION_MODULE(Attention);
