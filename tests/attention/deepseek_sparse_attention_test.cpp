@@ -353,6 +353,26 @@ TEST(DeepSeekSparseAttention, DecodeCachesKeysValuesAndIndexKeys) {
   EXPECT_FALSE(bidirectional->supports_decoding());
 }
 
+// Exact ties are common (ReLU zeros every head for many pairs). With all scores equal the
+// earlier keys win, in the full forward and in every decoding step alike.
+TEST(DeepSeekSparseAttention, TiesGoToEarlierKeysWhenDecodingToo) {
+  torch::manual_seed(0);
+  DeepSeekSparseAttention attn(small(3));
+  attn->eval();
+  torch::NoGradGuard no_grad;
+  attn->indexer->ww->weight.zero_();  // every score is 0
+  const int64_t T = 9;
+  torch::Tensor x = torch::randn({2, T, 32});
+  DeepSeekSparseOutput r = attn->forward_with_aux_sparse(x);
+  torch::Tensor expected = torch::zeros({T, T}, torch::kBool);
+  for (int64_t t = 0; t < T; ++t) expected[t].narrow(0, 0, std::min<int64_t>(3, t + 1)).fill_(true);
+  EXPECT_TRUE(torch::equal(r.selected, expected.expand({2, T, T})));
+  DecodeState state = attn->init_state(2);
+  std::vector<torch::Tensor> parts;
+  for (int64_t t = 0; t < T; ++t) parts.push_back(attn(x.narrow(1, t, 1), state));
+  EXPECT_LT(max_abs_diff(torch::cat(parts, 1), r.output), 1e-5);
+}
+
 TEST(DeepSeekSparseAttention, ParametersAndPrint) {
   DeepSeekSparseAttention attn(small(5).bias(true).detach_index(true));
   std::vector<std::string> names;

@@ -92,6 +92,7 @@ ATTNKIT_CONTRACT_SUITE(
 struct NaiveMsa {
   torch::Tensor output;  // [B, T, D]
   torch::Tensor keep;    // bool [B, Gk, T, T]
+  torch::Tensor blocks;  // bool [B, Gk, T, nb]
 };
 
 NaiveMsa naive_msa(const MiniMaxSparseAttention& m, const torch::Tensor& x_in) {
@@ -130,6 +131,8 @@ NaiveMsa naive_msa(const MiniMaxSparseAttention& m, const torch::Tensor& x_in) {
 
   NaiveMsa r;
   r.keep = torch::zeros({B, Gk, T, T}, torch::kBool);
+  r.blocks = torch::zeros({B, Gk, T, nb}, torch::kBool);
+  auto blocks = r.blocks.accessor<bool, 4>();
   auto keep = r.keep.accessor<bool, 4>();
   torch::Tensor heads = torch::zeros({B, T, H * hd}, torch::kDouble);
   auto out = heads.accessor<double, 3>();
@@ -156,6 +159,7 @@ NaiveMsa naive_msa(const MiniMaxSparseAttention& m, const torch::Tensor& x_in) {
           if (o.causal() && j * bs > t) kept[j] = false;
         }
         if (o.force_current_block()) kept[std::min(t / bs, nb - 1)] = true;
+        for (int64_t j = 0; j < nb; ++j) blocks[b][g][t][j] = kept[j];
         for (int64_t s = 0; s < T; ++s) keep[b][g][t][s] = kept[s / bs] && visible(s);
         for (int64_t h = g * G; h < (g + 1) * G; ++h) {
           std::vector<double> p(T, 0.0);
@@ -207,6 +211,7 @@ TEST(MiniMaxSparseAttention, MatchesNaiveReimplementation) {
     NaiveMsa expected = naive_msa(attn, x);
     EXPECT_LT(max_abs_diff(r.output, expected.output), 1e-10) << "config " << n;
     EXPECT_TRUE(torch::equal(r.keep, expected.keep)) << "config " << n;
+    EXPECT_TRUE(torch::equal(r.selected_blocks, expected.blocks)) << "config " << n;
   }
 }
 
@@ -422,6 +427,27 @@ TEST(MiniMaxSparseAttention, DecodeCachesNormedRotatedKeysAndIndexKeys) {
   // per token: k and v (Gk * hd each) plus the index key (di), float32
   EXPECT_EQ(state.bytes(), 2 * 15 * (2 * 2 * 8 + 12) * 4);
   EXPECT_FALSE(MiniMaxSparseAttention(small(2).causal(false))->supports_decoding());
+}
+
+// With every index score equal the earlier blocks win, in the full forward and in every
+// decoding step alike (a decoding step sees fewer blocks than the full forward).
+TEST(MiniMaxSparseAttention, TiesGoToEarlierBlocksWhenDecodingToo) {
+  torch::manual_seed(0);
+  MiniMaxSparseAttention attn(small(2).force_current_block(false));
+  attn->eval();
+  torch::NoGradGuard no_grad;
+  attn->idx_k->weight.zero_();  // index keys are 0, so every score is 0
+  const int64_t T = 17, nb = 5;
+  torch::Tensor x = torch::randn({1, T, 32});
+  MiniMaxSparseOutput r = attn->forward_with_aux_sparse(x);
+  torch::Tensor expected = torch::zeros({T, nb}, torch::kBool);
+  for (int64_t t = 0; t < T; ++t)
+    expected[t].narrow(0, 0, std::min<int64_t>(2, t / 4 + 1)).fill_(true);
+  EXPECT_TRUE(torch::equal(r.selected_blocks, expected.expand({1, 2, T, nb})));
+  DecodeState state = attn->init_state(1);
+  std::vector<torch::Tensor> parts;
+  for (int64_t t = 0; t < T; ++t) parts.push_back(attn(x.narrow(1, t, 1), state));
+  EXPECT_LT(max_abs_diff(torch::cat(parts, 1), r.output), 1e-5);
 }
 
 TEST(MiniMaxSparseAttention, ParametersAndPrint) {

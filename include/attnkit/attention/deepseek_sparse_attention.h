@@ -53,6 +53,7 @@ class LightningIndexerImpl : public torch::nn::Cloneable<LightningIndexerImpl> {
                              const torch::Tensor& k);
 
   LightningIndexerOptions options;
+  /// Queries [Hi*di, dim], the shared key [di, dim] and the per-head weights [Hi, dim].
   torch::nn::Linear wq{nullptr}, wk{nullptr}, ww{nullptr};
 };
 TORCH_MODULE(LightningIndexer);
@@ -134,7 +135,9 @@ class DeepSeekSparseAttentionImpl : public torch::nn::Cloneable<DeepSeekSparseAt
   int64_t dim() const override { return options.dim(); }
 
   DeepSeekSparseAttentionOptions options;
+  /// The fused q/k/v projection [3*dim, dim] and the output projection [dim, dim].
   torch::nn::Linear qkv{nullptr}, proj{nullptr};
+  /// Scores the keys; trained only by dsa_index_aux_loss.
   LightningIndexer indexer{nullptr};
 
  private:

@@ -32,7 +32,7 @@ struct MiniMaxSparseAttentionOptions {
   /// Width of the index queries and the shared index key. 0 means the head width. Default: 0
   TORCH_ARG(int64_t, index_dim) = 0;
   /// Rotated channels (the first ones) of q, k and the index queries/key when partial_rope;
-  /// 0 means min(head width, index_dim). Default: 0
+  /// 0 means min(head width, index_dim); must stay 0 with partial_rope(false). Default: 0
   TORCH_ARG(int64_t, rope_dim) = 0;
   /// Rotate only the first rope_dim channels (0.5.0); false rotates every channel of the main
   /// heads and of the index heads (0.4.0). Default: true
@@ -113,8 +113,14 @@ class MiniMaxSparseAttentionImpl : public torch::nn::Cloneable<MiniMaxSparseAtte
 
   /// Options with index_dim and rope_dim resolved.
   MiniMaxSparseAttentionOptions options;
-  torch::nn::Linear q{nullptr}, k{nullptr}, v{nullptr}, idx_q{nullptr}, idx_k{nullptr};
+  /// Main projections: q [dim, dim], k and v [Gk*hd, dim].
+  torch::nn::Linear q{nullptr}, k{nullptr}, v{nullptr};
+  /// Index branch: queries [Gk*di, dim] and the shared key [di, dim]; trained only by
+  /// msa_index_aux_loss.
+  torch::nn::Linear idx_q{nullptr}, idx_k{nullptr};
+  /// Output projection [dim, dim].
   torch::nn::Linear proj{nullptr};
+  /// QK-norm weights [hd], [hd], [di], [di] (ones); undefined without qk_norm.
   torch::Tensor q_norm, k_norm, idx_q_norm, idx_k_norm;
 
  private:
