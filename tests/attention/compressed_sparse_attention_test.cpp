@@ -330,6 +330,26 @@ TEST(CompressedSparseAttention, AttentionWeightsOnlyOnSelectedEntriesAndWindow) 
                            m(torch::zeros({1, 5, 32}))));
 }
 
+TEST(CompressedSparseAttention, RowsThatSeeNothingGiveZeros) {
+  torch::manual_seed(5);
+  // window 0: queries before the first complete block (t < r) select and see nothing
+  CompressedSparseAttention m(small_options().compression_rate(3).window(0));
+  for (double sink_value : {0.0, -kInf}) {
+    {
+      torch::NoGradGuard no_grad;
+      m->sink.fill_(sink_value);
+    }
+    torch::Tensor x = torch::randn({2, 8, 32}, torch::requires_grad());
+    CompressedSparseOutput out = m->forward_with_aux_sparse(x);
+    ASSERT_TRUE(torch::isfinite(out.output).all().item<bool>()) << "sink " << sink_value;
+    EXPECT_EQ(out.output.narrow(1, 0, 3).abs().max().item<double>(), 0.0) << "sink " << sink_value;
+    EXPECT_GT(out.output.narrow(1, 3, 5).abs().min().item<double>(), 0.0) << "sink " << sink_value;
+    EXPECT_EQ(out.attn_weights.narrow(2, 0, 3).abs().max().item<double>(), 0.0);
+    out.output.sum().backward();
+    EXPECT_TRUE(torch::isfinite(x.grad()).all().item<bool>()) << "sink " << sink_value;
+  }
+}
+
 TEST(CompressedSparseAttention, IndexerGetsNoGradientFromTheOutput) {
   torch::manual_seed(3);
   CompressedSparseAttention m(small_options());
