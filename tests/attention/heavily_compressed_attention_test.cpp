@@ -355,6 +355,8 @@ TEST(HeavilyCompressedAttention, ErrorsNameTheArgument) {
                        HasSubstr("HeavilyCompressedAttention"),
                        HasSubstr("rope dim must be even, got 3"));
   ATTNKIT_EXPECT_ERROR(make(O(32, 4).rope(RopeOptions().dim(10))), HasSubstr("rope dim (10)"));
+  ATTNKIT_EXPECT_ERROR(make(O(1, 1)), HasSubstr("dim (1) must be >= 2 to derive q_lora_rank"));
+  EXPECT_NO_THROW(make(O(1, 1).q_lora_rank(1)));
   EXPECT_NO_THROW(make(O(30, 4).kv_dim(6)));  // kv_dim set: dim need not divide
 }
 
