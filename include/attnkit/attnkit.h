@@ -9,8 +9,17 @@
 #include <attnkit/functional/dot_product_attention.h>
 
 #include <attnkit/attention/attention.h>
+#include <attnkit/attention/big_bird_attention.h>
+#include <attnkit/attention/causal_jepa_attention.h>
+#include <attnkit/attention/compressed_sparse_attention.h>
+#include <attnkit/attention/deepseek_sparse_attention.h>
+#include <attnkit/attention/delta_attention.h>
+#include <attnkit/attention/differential_attention.h>
 #include <attnkit/attention/grouped_query_attention.h>
+#include <attnkit/attention/heavily_compressed_attention.h>
+#include <attnkit/attention/minimax_sparse_attention.h>
 #include <attnkit/attention/multi_head_latent_attention.h>
 #include <attnkit/attention/multi_query_attention.h>
 #include <attnkit/attention/projected_attention.h>
+#include <attnkit/attention/slot_attention.h>
 #include <attnkit/attention/standard_attention.h>

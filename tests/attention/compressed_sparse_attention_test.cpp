@@ -30,87 +30,44 @@ CompressedSparseAttentionOptions small_options() {
       .index_dim(5);
 }
 
-// The contract's gradient check wants every parameter to learn from the output, but CSA's
-// indexer (idx_q, idx_k, idx_w) is only reachable through the top-k selection, which has no
-// gradient (it is trained by an auxiliary loss, as in DeepSeek). This view of a CSA module
-// exposes every other parameter (the same tensors, under flattened names) and forwards all
-// calls, moves and mode switches to it. IndexerGetsNoGradientFromTheOutput checks the rest.
-class CsaWithoutIndexerImpl : public torch::nn::Cloneable<CsaWithoutIndexerImpl>,
-                              public AttentionImpl {
- public:
-  explicit CsaWithoutIndexerImpl(CompressedSparseAttentionOptions options)
-      : options(std::move(options)) {
-    reset();
-  }
-  void reset() override {
-    inner = CompressedSparseAttention(options);
-    for (const auto& p : inner->named_parameters()) {
-      if (p.key().rfind("idx_", 0) == 0) continue;
-      std::string name = p.key();
-      std::replace(name.begin(), name.end(), '.', '_');
-      register_parameter(name, p.value());
-    }
-  }
-  using AttentionImpl::forward;
-  torch::Tensor forward(const torch::Tensor& x) override { return inner->forward(x); }
-  torch::Tensor forward(const torch::Tensor& x, DecodeState& state) override {
-    return inner->forward(x, state);
-  }
-  DecodeState init_state(int64_t batch_size) const override {
-    return inner->init_state(batch_size);
-  }
-  bool supports_decoding() const override { return true; }
-  std::string mechanism() const override { return inner->mechanism(); }
-  int64_t dim() const override { return options.dim(); }
-  void to(torch::Device device, torch::Dtype dtype, bool non_blocking = false) override {
-    inner->to(device, dtype, non_blocking);
-  }
-  void to(torch::Dtype dtype, bool non_blocking = false) override {
-    inner->to(dtype, non_blocking);
-  }
-  void to(torch::Device device, bool non_blocking = false) override {
-    inner->to(device, non_blocking);
-  }
-  void train(bool on = true) override {
-    torch::nn::Module::train(on);
-    inner->train(on);
-  }
-
-  CompressedSparseAttentionOptions options;
-  CompressedSparseAttention inner{nullptr};
-};
-TORCH_MODULE(CsaWithoutIndexer);
-
 Attention contract_module(CompressedSparseAttentionOptions options) {
-  return Attention(std::static_pointer_cast<AttentionImpl>(CsaWithoutIndexer(options).ptr()));
+  return as_attention(CompressedSparseAttention(options));
 }
 
 ATTNKIT_CONTRACT_SUITE(
     CompressedSparseAttention,
-    ContractCase{"rate2_top2_window3", [] { return contract_module(small_options()); }, true,
-                 /*takes_mask=*/false},
-    ContractCase{"groups2_kv6_qlora10_rate3",
-                 [] {
-                   return contract_module(small_options()
-                                              .compression_rate(3)
-                                              .top_k(1)
-                                              .kv_dim(6)
-                                              .q_lora_rank(10)
-                                              .num_groups(2)
-                                              .bias(true));
-                 },
-                 true, false},
-    ContractCase{
-        "partial_rope_last_interleaved",
-        [] {
-          return contract_module(small_options().kv_dim(8).rope(
-              RopeOptions().dim(4).channels(RopeChannels::kLast).style(RopeStyle::kInterleaved)));
-        },
-        true, false},
-    ContractCase{"defaults_top_k_covers_all",
-                 [] { return contract_module(CompressedSparseAttentionOptions(32, 2)); }, true,
-                 false,
-                 /*batch_size=*/1, /*seq_len=*/13});
+    testing::with_aux_trained(ContractCase{"rate2_top2_window3",
+                                           [] { return contract_module(small_options()); }, true,
+                                           /*takes_mask=*/false},
+                              {"idx_"}),
+    testing::with_aux_trained(ContractCase{"groups2_kv6_qlora10_rate3",
+                                           [] {
+                                             return contract_module(small_options()
+                                                                        .compression_rate(3)
+                                                                        .top_k(1)
+                                                                        .kv_dim(6)
+                                                                        .q_lora_rank(10)
+                                                                        .num_groups(2)
+                                                                        .bias(true));
+                                           },
+                                           true, false},
+                              {"idx_"}),
+    testing::with_aux_trained(ContractCase{"partial_rope_last_interleaved",
+                                           [] {
+                                             return contract_module(small_options().kv_dim(8).rope(
+                                                 RopeOptions()
+                                                     .dim(4)
+                                                     .channels(RopeChannels::kLast)
+                                                     .style(RopeStyle::kInterleaved)));
+                                           },
+                                           true, false},
+                              {"idx_"}),
+    testing::with_aux_trained(
+        ContractCase{"defaults_top_k_covers_all",
+                     [] { return contract_module(CompressedSparseAttentionOptions(32, 2)); }, true,
+                     false,
+                     /*batch_size=*/1, /*seq_len=*/13},
+        {"idx_"}));
 
 // --- naive re-implementation of mechanisms.md 2.9, explicit loops in double
 

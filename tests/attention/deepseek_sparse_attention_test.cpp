@@ -19,40 +19,8 @@ using testing::ContractCase;
 using ::testing::HasSubstr;
 using testing::max_abs_diff;
 
-// The indexer only learns from dsa_index_aux_loss (top-k passes no gradient), so the contract
-// runs the mechanism the way it is trained: in training mode the forward adds
-// (aux - aux.detach()), which is exactly 0 in value and carries the aux gradient. Everything
-// else (eval forward, masks, decoding, errors) goes straight to the mechanism.
-class DsaTrainedWithAuxImpl : public AttentionImpl {
- public:
-  explicit DsaTrainedWithAuxImpl(DeepSeekSparseAttention inner_) : inner(std::move(inner_)) {
-    register_module("inner", inner);
-  }
-  torch::Tensor forward(const torch::Tensor& x) override {
-    if (!is_training()) return inner->forward(x);
-    DeepSeekSparseOutput r = inner->forward_with_aux_sparse(x);
-    torch::Tensor aux = dsa_index_aux_loss(r.index_scores, r.attn_weights);
-    return r.output + (aux - aux.detach());
-  }
-  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& attn_mask) override {
-    return inner->forward(x, attn_mask);
-  }
-  torch::Tensor forward(const torch::Tensor& x, DecodeState& state) override {
-    return inner->forward(x, state);
-  }
-  DecodeState init_state(int64_t batch_size) const override {
-    return inner->init_state(batch_size);
-  }
-  bool supports_decoding() const override { return inner->supports_decoding(); }
-  std::string mechanism() const override { return inner->mechanism(); }
-  int64_t dim() const override { return inner->dim(); }
-
-  DeepSeekSparseAttention inner;
-};
-
-Attention trained_with_aux(DeepSeekSparseAttentionOptions options) {
-  return Attention(std::shared_ptr<AttentionImpl>(
-      std::make_shared<DsaTrainedWithAuxImpl>(DeepSeekSparseAttention(options))));
+Attention contract_module(DeepSeekSparseAttentionOptions options) {
+  return as_attention(DeepSeekSparseAttention(options));
 }
 
 DeepSeekSparseAttentionOptions small(int64_t top_k) {
@@ -64,12 +32,20 @@ DeepSeekSparseAttentionOptions small(int64_t top_k) {
 
 ATTNKIT_CONTRACT_SUITE(
     DeepSeekSparseAttention,
-    ContractCase{"causal_top4", [] { return trained_with_aux(small(4)); }, true},
-    ContractCase{"causal_top1_detached",
-                 [] { return trained_with_aux(small(1).detach_index(true)); }, true},
-    ContractCase{"causal_dense", [] { return trained_with_aux(small(64)); }, true},
-    ContractCase{"non_causal_bias",
-                 [] { return trained_with_aux(small(5).causal(false).bias(true)); }, false});
+    testing::with_aux_trained(ContractCase{"causal_top4", [] { return contract_module(small(4)); },
+                                           true},
+                              {"indexer."}),
+    testing::with_aux_trained(
+        ContractCase{"causal_top1_detached",
+                     [] { return contract_module(small(1).detach_index(true)); }, true},
+        {"indexer."}),
+    testing::with_aux_trained(ContractCase{"causal_dense",
+                                           [] { return contract_module(small(64)); }, true},
+                              {"indexer."}),
+    testing::with_aux_trained(
+        ContractCase{"non_causal_bias",
+                     [] { return contract_module(small(5).causal(false).bias(true)); }, false},
+        {"indexer."}));
 
 // --- a loop re-implementation of mechanisms.md 2.5, in double
 

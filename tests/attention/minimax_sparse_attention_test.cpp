@@ -21,40 +21,8 @@ using testing::ContractCase;
 using ::testing::HasSubstr;
 using testing::max_abs_diff;
 
-// The index branch only learns from msa_index_aux_loss (block selection passes no gradient),
-// so the contract runs the mechanism the way it is trained: in training mode the forward adds
-// (aux - aux.detach()), exactly 0 in value, carrying the aux gradient. Everything else goes
-// straight to the mechanism.
-class MsaTrainedWithAuxImpl : public AttentionImpl {
- public:
-  explicit MsaTrainedWithAuxImpl(MiniMaxSparseAttention inner_) : inner(std::move(inner_)) {
-    register_module("inner", inner);
-  }
-  torch::Tensor forward(const torch::Tensor& x) override {
-    if (!is_training()) return inner->forward(x);
-    MiniMaxSparseOutput r = inner->forward_with_aux_sparse(x);
-    torch::Tensor aux = msa_index_aux_loss(r.index_scores, r.attn_weights, r.keep);
-    return r.output + (aux - aux.detach()).to(r.output.scalar_type());
-  }
-  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& attn_mask) override {
-    return inner->forward(x, attn_mask);
-  }
-  torch::Tensor forward(const torch::Tensor& x, DecodeState& state) override {
-    return inner->forward(x, state);
-  }
-  DecodeState init_state(int64_t batch_size) const override {
-    return inner->init_state(batch_size);
-  }
-  bool supports_decoding() const override { return inner->supports_decoding(); }
-  std::string mechanism() const override { return inner->mechanism(); }
-  int64_t dim() const override { return inner->dim(); }
-
-  MiniMaxSparseAttention inner;
-};
-
-Attention trained_with_aux(MiniMaxSparseAttentionOptions options) {
-  return Attention(std::shared_ptr<AttentionImpl>(
-      std::make_shared<MsaTrainedWithAuxImpl>(MiniMaxSparseAttention(options))));
+Attention contract_module(MiniMaxSparseAttentionOptions options) {
+  return as_attention(MiniMaxSparseAttention(options));
 }
 
 MiniMaxSparseAttentionOptions small(int64_t top_k) {
@@ -70,22 +38,34 @@ MiniMaxSparseAttentionOptions v04(int64_t top_k) {
 
 ATTNKIT_CONTRACT_SUITE(
     MiniMaxSparseAttention,
-    ContractCase{"v05_top1", [] { return trained_with_aux(small(1)); }, true},
-    ContractCase{"v05_top2_partial_rope",
-                 [] { return trained_with_aux(small(2).index_dim(12).rope_dim(4)); }, true},
-    ContractCase{"v04_flags", [] { return trained_with_aux(v04(2).index_dim(6)); }, true},
-    ContractCase{"all_blocks_no_rope", [] { return trained_with_aux(small(1000).use_rope(false)); },
-                 true},
-    ContractCase{
-        "no_forced_block_groups4",
-        [] {
-          return trained_with_aux(
-              MiniMaxSparseAttentionOptions(32, 4, 4).block_size(3).top_k(2).force_current_block(
-                  false));
-        },
-        true},
-    ContractCase{"non_causal_bias",
-                 [] { return trained_with_aux(small(2).causal(false).bias(true)); }, false});
+    testing::with_aux_trained(ContractCase{"v05_top1", [] { return contract_module(small(1)); },
+                                           true},
+                              {"idx_"}),
+    testing::with_aux_trained(
+        ContractCase{"v05_top2_partial_rope",
+                     [] { return contract_module(small(2).index_dim(12).rope_dim(4)); }, true},
+        {"idx_"}),
+    testing::with_aux_trained(
+        ContractCase{"v04_flags", [] { return contract_module(v04(2).index_dim(6)); }, true},
+        {"idx_"}),
+    testing::with_aux_trained(
+        ContractCase{"all_blocks_no_rope",
+                     [] { return contract_module(small(1000).use_rope(false)); }, true},
+        {"idx_"}),
+    testing::with_aux_trained(ContractCase{"no_forced_block_groups4",
+                                           [] {
+                                             return contract_module(
+                                                 MiniMaxSparseAttentionOptions(32, 4, 4)
+                                                     .block_size(3)
+                                                     .top_k(2)
+                                                     .force_current_block(false));
+                                           },
+                                           true},
+                              {"idx_"}),
+    testing::with_aux_trained(
+        ContractCase{"non_causal_bias",
+                     [] { return contract_module(small(2).causal(false).bias(true)); }, false},
+        {"idx_"}));
 
 // --- a loop re-implementation of mechanisms.md 2.6, in double
 

@@ -10,6 +10,11 @@ std::ostream& operator<<(std::ostream& stream, const ContractCase& c) {
   return stream << c.name << (c.causal ? " (causal)" : "");
 }
 
+ContractCase with_aux_trained(ContractCase c, std::vector<std::string> prefixes) {
+  c.aux_trained = std::move(prefixes);
+  return c;
+}
+
 void copy_parameters(const torch::nn::Module& from, torch::nn::Module& to) {
   torch::NoGradGuard no_grad;
   auto src = from.named_parameters();
@@ -72,7 +77,15 @@ TEST_P(AttentionContract, GradientsReachEveryParameter) {
   m->train();
   torch::Tensor x = input_for(GetParam(), m).requires_grad_(true);
   (m(x) * torch::randn({x.size(0), x.size(1), x.size(2)})).sum().backward();
+  const auto& exempt = GetParam().aux_trained;
+  for (const auto& prefix : exempt) {
+    bool found = false;
+    for (const auto& p : m->named_parameters()) found |= p.key().rfind(prefix, 0) == 0;
+    EXPECT_TRUE(found) << "aux_trained prefix '" << prefix << "' matches no parameter";
+  }
   for (const auto& p : m->named_parameters()) {
+    auto is_exempt = [&](const std::string& prefix) { return p.key().rfind(prefix, 0) == 0; };
+    if (std::any_of(exempt.begin(), exempt.end(), is_exempt)) continue;
     ASSERT_TRUE(p.value().grad().defined()) << p.key() << " got no gradient";
     EXPECT_GT(p.value().grad().abs().sum().item<double>(), 0.0) << p.key() << " has zero gradient";
   }

@@ -13,6 +13,7 @@
 #include <functional>
 #include <ostream>
 #include <string>
+#include <vector>
 
 namespace attnkit {
 namespace testing {
@@ -29,7 +30,13 @@ struct ContractCase {
   bool takes_mask = true;
   int64_t batch_size = 2;
   int64_t seq_len = 11;
+  /// Name prefixes of parameters that learn only from an auxiliary loss (an indexer behind a
+  /// top-k selection): the output-gradient check skips them.
+  std::vector<std::string> aux_trained = {};
 };
+
+/// `c` with parameters under `prefixes` exempt from the output-gradient check.
+ContractCase with_aux_trained(ContractCase c, std::vector<std::string> prefixes);
 
 std::ostream& operator<<(std::ostream& stream, const ContractCase& c);
 
