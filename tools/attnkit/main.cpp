@@ -1,0 +1,150 @@
+// attnkit: the command-line tool. Parses the arguments, sets the thread count, warns about a slow
+// BLAS, runs one subcommand, and turns every error into one line on stderr and exit code 2.
+
+#include "blas_check.h"
+#include "commands.h"
+#include "measure.h"
+#include "registry.h"
+
+#include <torch/torch.h>
+
+#include <CLI/CLI.hpp>
+
+#include <exception>
+#include <iostream>
+#include <string>
+#include <thread>
+
+namespace {
+
+constexpr int kErrorExitCode = 2;
+
+std::string first_line(const std::string& text) { return text.substr(0, text.find('\n')); }
+
+int fail(const std::string& message) {
+  std::cerr << "attnkit: error: " << first_line(message) << std::endl;
+  return kErrorExitCode;
+}
+
+/// Accepts a whole positive integer; CLI11's PositiveNumber prints its range as a 300-digit double.
+const CLI::Validator kPositive(
+    [](std::string& input) -> std::string {
+      size_t used = 0;
+      long long value = 0;
+      try {
+        value = std::stoll(input, &used);
+      } catch (const std::exception&) {
+        used = 0;
+      }
+      if (used == 0 || used != input.size() || value < 1) {
+        return "expected a positive integer, got '" + input + "'";
+      }
+      return "";
+    },
+    "POSITIVE");
+
+/// The shape and timing options `run` and `tour` share.
+struct ShapeArgs {
+  int64_t batch_size = 2;
+  int64_t seq_len = 256;
+  int64_t dim = 256;
+  int64_t num_heads = 8;
+  int64_t num_kv_heads = 2;
+  bool causal = true;
+  std::string dtype = "float32";
+  int repeats = 5;
+};
+
+void add_shape_options(CLI::App* command, ShapeArgs& args) {
+  command->add_option("--batch", args.batch_size, "Batch size")
+      ->check(kPositive)
+      ->capture_default_str();
+  command->add_option("--seq", args.seq_len, "Sequence length")
+      ->check(kPositive)
+      ->capture_default_str();
+  command->add_option("--dim", args.dim, "Model width")->check(kPositive)->capture_default_str();
+  command->add_option("--heads", args.num_heads, "Query heads")
+      ->check(kPositive)
+      ->capture_default_str();
+  command->add_option("--kv-heads", args.num_kv_heads, "Key/value heads (GQA-style mechanisms)")
+      ->check(kPositive)
+      ->capture_default_str();
+  command->add_flag("--causal,!--no-causal", args.causal,
+                    "Causal masking, needed for decoding (default: causal)");
+  command->add_option("--dtype", args.dtype, "Parameter and input dtype")
+      ->check(CLI::IsMember({"float32", "float64"}))
+      ->capture_default_str();
+  command->add_option("--repeats", args.repeats, "Timed repetitions; the median is reported")
+      ->check(kPositive)
+      ->capture_default_str();
+}
+
+attnkit::cli::MeasureOptions to_measure_options(const ShapeArgs& args, uint64_t seed) {
+  attnkit::cli::MeasureOptions options;
+  options.config.dim = args.dim;
+  options.config.num_heads = args.num_heads;
+  options.config.num_kv_heads = args.num_kv_heads;
+  options.config.causal = args.causal;
+  options.batch_size = args.batch_size;
+  options.seq_len = args.seq_len;
+  options.dtype = attnkit::cli::parse_dtype(args.dtype);
+  options.repeats = args.repeats;
+  options.seed = seed;
+  return options;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"attnkit: Transformer attention mechanisms on LibTorch.", "attnkit"};
+  app.require_subcommand(1);
+  // Global options are accepted after the subcommand too: `attnkit tour --threads 1`.
+  app.fallthrough();
+
+  const unsigned cores = std::thread::hardware_concurrency();
+  int threads = cores > 0 ? static_cast<int>(cores) : 1;
+  uint64_t seed = 0;
+  app.add_option("--threads", threads, "Intra-op threads (default: all cores)")
+      ->check(kPositive)
+      ->capture_default_str();
+  app.add_option("--seed", seed, "Seed of the parameters and inputs")->capture_default_str();
+
+  app.add_subcommand("list", "List every mechanism with its paper");
+
+  ShapeArgs args;
+  std::string name;
+  CLI::App* run = app.add_subcommand(
+      "run", "Build one mechanism; time forward and backward; measure its decode cache");
+  run->add_option("name", name, "Mechanism name or class name (see `attnkit list`)")->required();
+  add_shape_options(run, args);
+
+  CLI::App* tour = app.add_subcommand("tour", "Every mechanism on one shape, as one table");
+  add_shape_options(tour, args);
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    if (e.get_exit_code() == static_cast<int>(CLI::ExitCodes::Success)) return app.exit(e);
+    return fail(first_line(e.what()) + " (see attnkit --help)");
+  }
+
+  try {
+    torch::set_num_threads(threads);
+    const std::string warning = attnkit::cli::blas_warning();
+    if (!warning.empty()) std::cerr << warning << std::endl;
+
+    if (app.got_subcommand("list")) return attnkit::cli::run_list(std::cout);
+    const attnkit::cli::MeasureOptions options = to_measure_options(args, seed);
+    if (app.got_subcommand("run")) return attnkit::cli::run_one(name, options, std::cout);
+    std::string error;
+    const int code = attnkit::cli::run_tour(options, std::cout, error);
+    std::cout.flush();
+    return code == 0 ? 0 : fail(error);
+  } catch (const c10::Error& e) {
+    return fail(e.what_without_backtrace());
+  } catch (const std::exception& e) {
+    return fail(e.what());
+  } catch (...) {
+    return fail("unknown exception");
+  }
+}
