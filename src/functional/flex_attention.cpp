@@ -324,6 +324,12 @@ class FlexAttentionFunction : public torch::autograd::Function<FlexAttentionFunc
 
 bool needs_grad(const torch::Tensor& t) { return t.defined() && t.requires_grad(); }
 
+// Function::apply cannot take undefined tensors (LibTorch 1.13): absent sinks / bias travel as
+// empty placeholders that never require grad.
+torch::Tensor defined_or_empty(const torch::Tensor& t) {
+  return t.defined() ? t : torch::empty({0});
+}
+
 }  // namespace
 
 bool fused_backend_selected() {
@@ -352,8 +358,8 @@ FlexAttentionResult flex_attention(const torch::Tensor& q,
   if (!grad) return ops::flex_attention_forward(q, k, v, o);
   auto config = c10::make_intrusive<FlexConfig>();
   config->options = o;
-  torch::autograd::variable_list r =
-      FlexAttentionFunction::apply(q, k, v, o.sinks(), o.bias(), config);
+  torch::autograd::variable_list r = FlexAttentionFunction::apply(
+      q, k, v, defined_or_empty(o.sinks()), defined_or_empty(o.bias()), config);
   return FlexAttentionResult{r[0], r[1]};
 }
 
