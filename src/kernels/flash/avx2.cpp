@@ -72,6 +72,27 @@ struct Vec {
     return _mm256_and_ps(keep, _mm256_mul_ps(_mm256_mul_ps(y, p1), p2));
   }
 
+  // dst[c * ld_dst + r] = src[r * ld_src + c] for an 8 x 8 block (in-register transpose).
+  static void transpose_block(const float* src, int64_t ld_src, float* dst, int64_t ld_dst) {
+    reg r[8], t[8];
+    for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(src + i * ld_src);
+    for (int i = 0; i < 8; i += 2) {
+      t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+      t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 8; i += 4) {
+      r[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
+      r[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xEE);
+      r[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+      r[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+    }
+    for (int j = 0; j < 4; ++j) {
+      t[j] = _mm256_permute2f128_ps(r[j], r[j + 4], 0x20);
+      t[j + 4] = _mm256_permute2f128_ps(r[j], r[j + 4], 0x31);
+    }
+    for (int i = 0; i < 8; ++i) _mm256_storeu_ps(dst + i * ld_dst, t[i]);
+  }
+
   // tanh(x) = sign(x) (1 - t) / (1 + t), t = exp(-2|x|).
   static reg tanh(reg x) {
     const reg sign_mask = _mm256_set1_ps(-0.0f);

@@ -123,6 +123,31 @@ static void gemm_pv(
   }
 }
 
+// kt[d, c] = k[b, hkv, j0 + c, d] for c < width (row stride kBlockK). fp32 keys with unit
+// d-stride go through kLanes x kLanes in-register transposes; the rest element by element.
+static void pack_key_tile(
+    const FlashParams& p, int64_t k_off, int64_t j0, int64_t width, float* kt) {
+  const int64_t D = p.head_dim;
+  int64_t c_done = 0, d_done = 0;
+  if (p.dtype == FlashDtype::kFloat32 && p.k_stride_d == 1) {
+    const float* k = static_cast<const float*>(p.k) + k_off + j0 * p.k_stride_t;
+    c_done = width / Vec::kLanes * Vec::kLanes;
+    d_done = D / Vec::kLanes * Vec::kLanes;
+    for (int64_t c = 0; c < c_done; c += Vec::kLanes) {
+      for (int64_t d = 0; d < d_done; d += Vec::kLanes) {
+        Vec::transpose_block(k + c * p.k_stride_t + d, p.k_stride_t, kt + d * kBlockK + c, kBlockK);
+      }
+    }
+  }
+  // Remainders: keys past c_done (all d), and d past d_done for keys below c_done.
+  for (int64_t c = 0; c < width; ++c) {
+    const int64_t ko = k_off + (j0 + c) * p.k_stride_t;
+    for (int64_t d = c < c_done ? d_done : 0; d < D; ++d) {
+      kt[d * kBlockK + c] = load_elem(p.k, p.dtype, ko + d * p.k_stride_d);
+    }
+  }
+}
+
 // Online-softmax state of one row: running max m, running denominator l; the accumulator
 // row acc lives in the O panel.
 struct SoftmaxState {
@@ -234,9 +259,6 @@ static void forward_impl(const FlashParams& p) {
       const int64_t rpad = round_up(rows, kRowBlock);
 
       // Pointers.
-      const char* k_base = static_cast<const char*>(p.k);
-      const char* v_base = static_cast<const char*>(p.v);
-      const int64_t elem = p.dtype == FlashDtype::kFloat32 ? 4 : 2;
       const int64_t k_off = b * p.k_stride_b + hkv * p.k_stride_h;
       const int64_t v_off = b * p.v_stride_b + hkv * p.v_stride_h;
 
@@ -269,28 +291,21 @@ static void forward_impl(const FlashParams& p) {
         const int64_t width = j1 - j0;
         const int64_t width_pad = round_up(width, Vec::kLanes);
         // Pack K^T [D, width] and V [width, Dv] as fp32; pad columns/rows with zeros.
+        pack_key_tile(p, k_off, j0, width, sc.kt);
         for (int64_t c = 0; c < width; ++c) {
-          const int64_t ko = k_off + (j0 + c) * p.k_stride_t;
-          if (p.dtype == FlashDtype::kFloat32 && p.k_stride_d == 1) {
-            const float* src = reinterpret_cast<const float*>(k_base) + ko;
-            for (int64_t d = 0; d < D; ++d) sc.kt[d * kBlockK + c] = src[d];
-          } else {
-            for (int64_t d = 0; d < D; ++d)
-              sc.kt[d * kBlockK + c] = load_elem(p.k, p.dtype, ko + d * p.k_stride_d);
-          }
           const int64_t vo = v_off + (j0 + c) * p.v_stride_t;
           float* vdst = sc.vs + c * dv_pad;
           if (p.dtype == FlashDtype::kFloat32 && p.v_stride_d == 1) {
-            std::memcpy(vdst, reinterpret_cast<const float*>(v_base) + vo, sizeof(float) * Dv);
+            std::memcpy(vdst, static_cast<const float*>(p.v) + vo, sizeof(float) * Dv);
           } else {
             for (int64_t e = 0; e < Dv; ++e)
               vdst[e] = load_elem(p.v, p.dtype, vo + e * p.v_stride_d);
           }
           fill_floats(vdst + Dv, vdst + dv_pad, 0.0f);
         }
-        for (int64_t d = 0; d < D; ++d)
+        for (int64_t d = 0; d < D; ++d) {
           fill_floats(sc.kt + d * kBlockK + width, sc.kt + d * kBlockK + width_pad, 0.0f);
-        (void)elem;
+        }
 
         gemm_qk(sc.q, rpad, D, sc.kt, width_pad, sc.s);
 
