@@ -8,6 +8,7 @@
 #include <attnkit/core/rope.h>
 #include <attnkit/functional/dot_product_attention.h>
 #include <attnkit/functional/flex_attention.h>
+#include <attnkit/functional/gather_attention.h>
 
 #include <attnkit/attention/attention.h>
 #include <attnkit/attention/grouped_query_attention.h>
