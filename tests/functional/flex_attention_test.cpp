@@ -231,9 +231,9 @@ class FlexGradients : public ::testing::TestWithParam<GradCase> {};
 
 TEST_P(FlexGradients, MatchAutogradThroughTheReference) {
   const GradCase c = GetParam();
-  Inputs in = random_inputs(2, 4, 2, 37, 45, 24, 16, c.dtype);
+  Inputs in = random_inputs(2, 4, 2, 37, 145, 24, 16, c.dtype);
   torch::Tensor sinks = torch::randn({4});
-  torch::Tensor bias = torch::randn({1, 4, 37, 45});
+  torch::Tensor bias = torch::randn({1, 4, 37, 145});
   torch::Tensor dout = torch::randn({2, 4, 37, 16});
   auto run = [&](bool fused, torch::ScalarType dt) {
     torch::Tensor q = in.q.to(dt).detach().requires_grad_(true);
@@ -280,6 +280,43 @@ INSTANTIATE_TEST_SUITE_P(Functional,
                                            GradCase{true, 10, false, true, 0.0, torch::kFloat},
                                            GradCase{false, -1, true, true, 3.0, torch::kFloat},
                                            GradCase{true, -1, true, true, 0.0, torch::kBFloat16}));
+
+TEST(FlexGradients, LongerSequencesBlockMasksAlibiAndGqa8) {
+  // Several kv tiles and query blocks, GQA ratio 8, Dv != D, a block mask with a mask_mod and
+  // empty query blocks, ALiBi.
+  torch::manual_seed(9);
+  const int64_t Tq = 150, Tk = 190;
+  torch::Tensor q0 = torch::randn({1, 8, Tq, 40}), k0 = torch::randn({1, 1, Tk, 40});
+  torch::Tensor v0 = torch::randn({1, 1, Tk, 24}), dout = torch::randn({1, 8, Tq, 24});
+  BlockMask bm = create_block_mask(
+      and_masks(causal_mask(Tk - Tq), Mask([](int64_t, int64_t h, int64_t q, int64_t kv) {
+                  return (q + kv + h) % 7 != 0 && !(q >= 32 && q < 64);
+                })),
+      1, 8, Tq, Tk, 32, 32);
+  torch::Tensor slopes = torch::rand({8}) * 0.05;
+  auto run = [&](bool fused) {
+    auto dt = fused ? torch::kFloat : torch::kDouble;
+    torch::Tensor q = q0.to(dt).detach().requires_grad_(true);
+    torch::Tensor k = k0.to(dt).detach().requires_grad_(true);
+    torch::Tensor v = v0.to(dt).detach().requires_grad_(true);
+    auto o = FlexAttentionOptions().block_mask(bm).alibi_slopes(slopes);
+    torch::Tensor out =
+        fused ? flex_attention(q, k, v, o).output : flex_attention_reference(q, k, v, o).output;
+    (out.to(torch::kDouble) * dout.to(torch::kDouble)).sum().backward();
+    return std::vector<torch::Tensor>{q.grad(), k.grad(), v.grad()};
+  };
+  std::vector<torch::Tensor> expected = run(false);
+  for (const char* isa : testing::isa_paths()) {
+    SCOPED_TRACE(isa);
+    EnvGuard guard("ATTNKIT_CPU_CAPABILITY", isa);
+    std::vector<torch::Tensor> got = run(true);
+    for (size_t n = 0; n < got.size(); ++n) {
+      EXPECT_TRUE(torch::allclose(got[n].to(torch::kDouble), expected[n], 1e-4, 1e-4))
+          << n << " max abs diff "
+          << (got[n].to(torch::kDouble) - expected[n]).abs().max().item<double>();
+    }
+  }
+}
 
 TEST(FlexGradients, Float64GradcheckOfTheReferencePath) {
   // fp64 runs the composed reference (the fused kernels are fp32/bf16); gradcheck it with

@@ -11,6 +11,7 @@
 
 #include <cstdlib>
 #include <memory>
+#include <vector>
 
 namespace attnkit {
 namespace kernels {
@@ -93,10 +94,16 @@ struct Vec {
 };
 
 #include "kernels/flash/forward_impl.h"
+// The backward uses the forward's helpers: keep it second.
+#include "kernels/flash/backward_impl.h"
 
 }  // namespace
 
 void flash_forward(const FlashParams& params) { forward_impl(params); }
+
+void flash_backward(const FlashParams& params, const FlashBackwardParams& grads) {
+  backward_impl(params, grads);
+}
 
 }  // namespace avx512
 }  // namespace flash

@@ -77,8 +77,14 @@ void flash_forward(const FlashParams& params) {
 }
 
 void flash_backward(const FlashParams& params, const FlashBackwardParams& grads) {
-  // The backward has one path today: the scalar reference, parallel over (b, kv head).
-  flash_backward_reference(params, grads);
+  switch (selected_capability()) {
+    case CpuCapability::kAvx512:
+      return avx512::flash_backward(params, grads);
+    case CpuCapability::kAvx2:
+      return avx2::flash_backward(params, grads);
+    case CpuCapability::kReference:
+      return flash_backward_reference(params, grads);
+  }
 }
 
 }  // namespace flash

@@ -31,9 +31,11 @@ void flash_forward_reference(const FlashParams& params);
 void flash_backward_reference(const FlashParams& params, const FlashBackwardParams& grads);
 namespace avx2 {
 void flash_forward(const FlashParams& params);
+void flash_backward(const FlashParams& params, const FlashBackwardParams& grads);
 }  // namespace avx2
 namespace avx512 {
 void flash_forward(const FlashParams& params);
+void flash_backward(const FlashParams& params, const FlashBackwardParams& grads);
 }  // namespace avx512
 
 }  // namespace flash
