@@ -33,6 +33,12 @@ struct Vec {
   static reg sub(reg a, reg b) { return _mm512_sub_ps(a, b); }
   static reg mul(reg a, reg b) { return _mm512_mul_ps(a, b); }
   static reg max(reg a, reg b) { return _mm512_max_ps(a, b); }
+  // 16 bf16 values widened to fp32 (bf16 is the high half of an fp32).
+  static reg load_bf16(const uint16_t* p) {
+    const __m512i wide =
+        _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16));
+  }
   static float reduce_max(reg v) { return _mm512_reduce_max_ps(v); }
   static float reduce_add(reg v) { return _mm512_reduce_add_ps(v); }
 

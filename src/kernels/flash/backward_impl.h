@@ -112,18 +112,53 @@ static void backward_impl(const FlashParams& p, const FlashBackwardParams& g) {
     }
   });
 
-  // Scratch, per thread: kv-tile panels, q-block panels, and a private fp32 dQ [B*Hq*Tq, D].
+  // Query-block panels, packed once for every kv tile that visits them (O(T * D) memory):
+  // scale * Q [rows_pad, d_pad], dO [rows_pad, dv_pad], lse and Di [rows_pad] per block, rows
+  // stacked head-major as in the forward; padded rows have lse = -inf (P = 0).
+  const int64_t num_blocks = B * Hkv * num_q_blocks;
+  std::vector<float> q_panels(static_cast<size_t>(num_blocks * rows_pad * d_pad));
+  std::vector<float> do_panels(static_cast<size_t>(num_blocks * rows_pad * dv_pad));
+  std::vector<float> lse_panels(static_cast<size_t>(num_blocks * rows_pad));
+  std::vector<float> di_panels(static_cast<size_t>(num_blocks * rows_pad));
+  at::parallel_for(0, num_blocks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t blk = begin; blk < end; ++blk) {
+      const int64_t b = blk / (Hkv * num_q_blocks), hkv = (blk / num_q_blocks) % Hkv;
+      const int64_t i0 = (blk % num_q_blocks) * rows_q, nq = std::min(rows_q, Tq - i0);
+      float* qs = q_panels.data() + blk * rows_pad * d_pad;
+      float* dos = do_panels.data() + blk * rows_pad * dv_pad;
+      float* lse = lse_panels.data() + blk * rows_pad;
+      float* dis = di_panels.data() + blk * rows_pad;
+      fill_floats(qs, qs + rows_pad * d_pad, 0.0f);
+      fill_floats(dos, dos + rows_pad * dv_pad, 0.0f);
+      fill_floats(lse, lse + rows_pad, kNegInf);
+      fill_floats(dis, dis + rows_pad, 0.0f);
+      for (int64_t r = 0; r < G * nq; ++r) {
+        const int64_t h = hkv * G + r / nq, i = i0 + r % nq;
+        const int64_t q_off = b * p.q_stride_b + h * p.q_stride_h + i * p.q_stride_t;
+        const int64_t d_off = b * g.dout_stride_b + h * g.dout_stride_h + i * g.dout_stride_t;
+        for (int64_t d = 0; d < D; ++d) {
+          qs[r * d_pad + d] = p.scale * load_elem(p.q, p.dtype, q_off + d * p.q_stride_d);
+        }
+        for (int64_t e = 0; e < Dv; ++e) {
+          dos[r * dv_pad + e] = load_elem(g.dout, p.dtype, d_off + e * g.dout_stride_d);
+        }
+        lse[r] = p.lse[b * p.lse_stride_b + h * p.lse_stride_h + i * p.lse_stride_t];
+        dis[r] = di[(b * Hq + h) * Tq + i];
+      }
+    }
+  });
+
+  // Scratch, per thread: kv-tile panels, tile products, and a private fp32 dQ [B*Hq*Tq, D].
   auto pad16 = [](int64_t n) { return round_up(n, 16); };
   const int64_t f_kt = pad16(D * kBlockK), f_vt = pad16(Dv * kBlockK);
   const int64_t f_kr = pad16(kBlockK * d_pad), f_dk = pad16(kBlockK * d_pad);
-  const int64_t f_dv = pad16(kBlockK * dv_pad), f_qs = pad16(rows_pad * d_pad);
-  const int64_t f_do = pad16(rows_pad * dv_pad), f_s = pad16(rows_pad * kBlockK);
+  const int64_t f_dv = pad16(kBlockK * dv_pad), f_s = pad16(rows_pad * kBlockK);
   const int64_t f_dp = pad16(rows_pad * kBlockK), f_sd = pad16(rows_pad * kBlockK);
   const int64_t f_t = pad16(kBlockK * rows_pad), f_dqt = pad16(rows_pad * d_pad);
-  const int64_t f_row = pad16(rows_pad * 2), f_modes = pad16(ceil_div(G * num_kv_blocks, 4));
+  const int64_t f_modes = pad16(ceil_div(G * num_kv_blocks, 4));
   const int64_t f_dq = pad16(B * Hq * Tq * D);
-  const int64_t per_thread = f_kt + f_vt + f_kr + f_dk + f_dv + f_qs + f_do + f_s + f_dp + f_sd +
-                             f_t + f_dqt + f_row + f_modes + f_dq;
+  const int64_t per_thread =
+      f_kt + f_vt + f_kr + f_dk + f_dv + f_s + f_dp + f_sd + f_t + f_dqt + f_modes + f_dq;
   std::unique_ptr<float, void (*)(void*)> slab(
       static_cast<float*>(std::aligned_alloc(64, sizeof(float) * per_thread * num_threads)),
       std::free);
@@ -142,16 +177,12 @@ static void backward_impl(const FlashParams& p, const FlashBackwardParams& g) {
     float* kr = vt + f_vt;
     float* dk_acc = kr + f_kr;
     float* dv_acc = dk_acc + f_dk;
-    float* qs = dv_acc + f_dv;
-    float* dos = qs + f_qs;
-    float* s = dos + f_do;
+    float* s = dv_acc + f_dv;
     float* dp = s + f_s;
     float* sd = dp + f_dp;
     float* tr = sd + f_sd;
     float* dqt = tr + f_t;
-    float* row_lse = dqt + f_dqt;
-    float* row_di = row_lse + rows_pad;
-    uint8_t* modes = reinterpret_cast<uint8_t*>(row_lse + f_row);
+    uint8_t* modes = reinterpret_cast<uint8_t*>(dqt + f_dqt);
     float* dq_t = base + (per_thread - f_dq);
 
     for (int64_t item = begin; item < end; ++item) {
@@ -198,25 +229,11 @@ static void backward_impl(const FlashParams& p, const FlashBackwardParams& g) {
         }
         const int64_t rows = G * nq, rpad = round_up(rows, kRowBlock);
 
-        // Q panel (scaled), dO panel, lse and Di per row; padded rows and columns zero.
-        for (int64_t r = 0; r < rpad; ++r) {
-          float* qd = qs + r * d_pad;
-          float* od = dos + r * dv_pad;
-          fill_floats(qd, qd + d_pad, 0.0f);
-          fill_floats(od, od + dv_pad, 0.0f);
-          row_lse[r] = kNegInf;
-          row_di[r] = 0.0f;
-          if (r >= rows) continue;
-          const int64_t h = hkv * G + r / nq, i = i0 + r % nq;
-          const int64_t q_off = b * p.q_stride_b + h * p.q_stride_h + i * p.q_stride_t;
-          const int64_t d_off = b * g.dout_stride_b + h * g.dout_stride_h + i * g.dout_stride_t;
-          for (int64_t d = 0; d < D; ++d)
-            qd[d] = p.scale * load_elem(p.q, p.dtype, q_off + d * p.q_stride_d);
-          for (int64_t e = 0; e < Dv; ++e)
-            od[e] = load_elem(g.dout, p.dtype, d_off + e * g.dout_stride_d);
-          row_lse[r] = p.lse[b * p.lse_stride_b + h * p.lse_stride_h + i * p.lse_stride_t];
-          row_di[r] = di[(b * Hq + h) * Tq + i];
-        }
+        const int64_t blk = (b * Hkv + hkv) * num_q_blocks + qb;
+        const float* qs = q_panels.data() + blk * rows_pad * d_pad;
+        const float* dos = do_panels.data() + blk * rows_pad * dv_pad;
+        const float* row_lse = lse_panels.data() + blk * rows_pad;
+        const float* row_di = di_panels.data() + blk * rows_pad;
 
         // S <- Qs Kt ; dP <- dO Vt
         gemm(qs, d_pad, kt, kBlockK, s, kBlockK, rpad, width_pad, D, /*accumulate=*/false);

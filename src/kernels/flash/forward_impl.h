@@ -139,6 +139,21 @@ static void pack_key_tile(
       }
     }
   }
+  if (p.dtype == FlashDtype::kBFloat16 && p.k_stride_d == 1) {
+    // Widen a kLanes x kLanes block to fp32, then transpose it like the fp32 path.
+    const uint16_t* k = static_cast<const uint16_t*>(p.k) + k_off + j0 * p.k_stride_t;
+    float block[Vec::kLanes * Vec::kLanes];
+    c_done = width / Vec::kLanes * Vec::kLanes;
+    d_done = D / Vec::kLanes * Vec::kLanes;
+    for (int64_t c = 0; c < c_done; c += Vec::kLanes) {
+      for (int64_t d = 0; d < d_done; d += Vec::kLanes) {
+        for (int r = 0; r < Vec::kLanes; ++r) {
+          Vec::store(block + r * Vec::kLanes, Vec::load_bf16(k + (c + r) * p.k_stride_t + d));
+        }
+        Vec::transpose_block(block, Vec::kLanes, kt + d * kBlockK + c, kBlockK);
+      }
+    }
+  }
   // Remainders: keys past c_done (all d), and d past d_done for keys below c_done.
   for (int64_t c = 0; c < width; ++c) {
     const int64_t ko = k_off + (j0 + c) * p.k_stride_t;
@@ -146,6 +161,13 @@ static void pack_key_tile(
       kt[d * kBlockK + c] = load_elem(p.k, p.dtype, ko + d * p.k_stride_d);
     }
   }
+}
+
+// dst[0:n] = fp32(src[0:n]) for a unit-stride bf16 row.
+static inline void widen_bf16_row(const uint16_t* src, int64_t n, float* dst) {
+  int64_t e = 0;
+  for (; e + Vec::kLanes <= n; e += Vec::kLanes) Vec::store(dst + e, Vec::load_bf16(src + e));
+  for (; e < n; ++e) dst[e] = bf16_to_float(src[e]);
 }
 
 // Online-softmax state of one row: running max m, running denominator l; the accumulator
@@ -297,6 +319,8 @@ static void forward_impl(const FlashParams& p) {
           float* vdst = sc.vs + c * dv_pad;
           if (p.dtype == FlashDtype::kFloat32 && p.v_stride_d == 1) {
             std::memcpy(vdst, static_cast<const float*>(p.v) + vo, sizeof(float) * Dv);
+          } else if (p.dtype == FlashDtype::kBFloat16 && p.v_stride_d == 1) {
+            widen_bf16_row(static_cast<const uint16_t*>(p.v) + vo, Dv, vdst);
           } else {
             for (int64_t e = 0; e < Dv; ++e)
               vdst[e] = load_elem(p.v, p.dtype, vo + e * p.v_stride_d);
