@@ -12,6 +12,8 @@
 #include <torch/torch.h>
 
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <map>
 #include <string>
 #include <thread>
@@ -35,6 +37,38 @@ void set_flops(benchmark::State& state, double flops) {
   state.counters["FLOP/s"] =
       benchmark::Counter(flops, benchmark::Counter::kIsIterationInvariantRate);
 }
+
+// Resident-set figures of this process from /proc/self/status ("VmRSS", "VmHWM"), in bytes.
+int64_t proc_status_bytes(const char* key) {
+  std::FILE* f = std::fopen("/proc/self/status", "r");
+  if (f == nullptr) return 0;
+  char line[256];
+  int64_t kb = 0;
+  const size_t n = std::strlen(key);
+  while (std::fgets(line, sizeof(line), f) != nullptr) {
+    if (std::strncmp(line, key, n) == 0 && line[n] == ':') kb = std::atoll(line + n + 1);
+  }
+  std::fclose(f);
+  return kb * 1024;
+}
+
+// Peak extra memory of one fused forward at T = 16384 (B1 H8 D64): the rise of the process's
+// high-water mark over its resident size with the inputs allocated. Registered first so that no
+// earlier benchmark has raised the high-water mark. O(T^2) would be 8.6 GB of fp32 scores.
+void BM_PeakMemory(benchmark::State& state) {
+  const int64_t T = state.range(0);
+  torch::NoGradGuard no_grad;
+  torch::Tensor q = torch::randn({1, 8, T, 64}), k = torch::randn({1, 8, T, 64}),
+                v = torch::randn({1, 8, T, 64});
+  const int64_t before = proc_status_bytes("VmRSS");
+  for (auto _ : state) {
+    auto r = attnkit::functional::flex_attention(q, k, v, FlexAttentionOptions().causal(true));
+    benchmark::DoNotOptimize(r.output.data_ptr());
+  }
+  state.counters["extra_bytes"] = static_cast<double>(proc_status_bytes("VmHWM") - before);
+  state.counters["output_bytes"] = static_cast<double>(q.nbytes());
+}
+BENCHMARK(BM_PeakMemory)->ArgNames({"T"})->Arg(16384)->Iterations(1)->Unit(benchmark::kMillisecond);
 
 // The machine's practical FLOP limit: sgemm of square fp32 matrices (OpenBLAS via at::mm).
 void BM_Sgemm(benchmark::State& state) {
@@ -188,6 +222,52 @@ BENCHMARK(BM_SlidingWindow)
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
 
+// Gather: each of T queries attends to 256 keys (8 query heads sharing 1 kv head, D 64),
+// against the same selection as a dense boolean mask on the fused dense kernel.
+torch::Tensor gather_indices(int64_t T, int64_t K) {
+  // key (31 n + 37 i) mod T: K distinct keys per query (31 is coprime with T = 2^13)
+  torch::Tensor i = torch::arange(T).view({T, 1}), n = torch::arange(K).view({1, K});
+  return ((n * 31 + i * 37) % T).view({1, 1, T, K});
+}
+
+void BM_Gather(benchmark::State& state) {
+  const int64_t T = state.range(0), K = state.range(1);
+  torch::NoGradGuard no_grad;
+  torch::Tensor q = torch::randn({1, 8, T, 64}), k = torch::randn({1, 1, T, 64}),
+                v = torch::randn({1, 1, T, 64});
+  torch::Tensor idx = gather_indices(T, K);
+  for (auto _ : state) {
+    auto r = attnkit::functional::gather_attention(q, k, v, idx);
+    benchmark::DoNotOptimize(r.output.data_ptr());
+  }
+  set_flops(state, 8.0 * T * K * 64 * 4);
+}
+BENCHMARK(BM_Gather)
+    ->ArgNames({"T", "K"})
+    ->Args({8192, 256})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+
+void BM_GatherAsDenseMask(benchmark::State& state) {
+  const int64_t T = state.range(0), K = state.range(1);
+  torch::NoGradGuard no_grad;
+  torch::Tensor q = torch::randn({1, 8, T, 64}), k = torch::randn({1, 1, T, 64}),
+                v = torch::randn({1, 1, T, 64});
+  torch::Tensor mask = torch::zeros({1, 1, T, T}, torch::kBool);
+  mask.scatter_(3, gather_indices(T, K), true);
+  auto o = FlexAttentionOptions().mask(mask);
+  for (auto _ : state) {
+    auto r = attnkit::functional::flex_attention(q, k, v, o);
+    benchmark::DoNotOptimize(r.output.data_ptr());
+  }
+  set_flops(state, 8.0 * T * K * 64 * 4);
+}
+BENCHMARK(BM_GatherAsDenseMask)
+    ->ArgNames({"T", "K"})
+    ->Args({8192, 256})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+
 // Collects the medians (or the single run) of every benchmark for the ratio table.
 class MedianReporter : public benchmark::ConsoleReporter {
  public:
@@ -240,6 +320,20 @@ void print_ratios(const MedianReporter& r) {
       r.get("BM_FlashForwardBackward/B:1/H:8/T:1024/D:64/causal:1/real_time", "FLOP/s");
   if (fb > 0)
     std::printf("fwd+bwd causal T1024 D64: %.1f GFLOP/s (%.3f of sgemm)\n", fb / 1e9, fb / sgemm);
+  const double ga = r.get("BM_Gather/T:8192/K:256/real_time", "ms");
+  const double gd = r.get("BM_GatherAsDenseMask/T:8192/K:256/real_time", "ms");
+  if (ga > 0 && gd > 0) {
+    std::printf("gather T8192 K256: %.1f ms vs %.1f ms as a dense mask: %.1fx faster\n", ga, gd,
+                gd / ga);
+  }
+  const double peak = r.get("BM_PeakMemory/T:16384/iterations:1", "extra_bytes");
+  if (peak > 0) {
+    std::printf(
+        "peak extra memory of the fused forward at T16384 (B1 H8 D64): %.1f MB (output "
+        "%.1f MB; dense scores would be %.1f MB)\n",
+        peak / 1e6, r.get("BM_PeakMemory/T:16384/iterations:1", "output_bytes") / 1e6,
+        16384.0 * 16384 * 8 * 4 / 1e6);
+  }
   const double sw = r.get("BM_SlidingWindow/T:16384/window:256/real_time", "ms");
   const double dense = r.get("BM_SlidingWindow/T:16384/window:0/real_time", "ms");
   if (sw > 0 && dense > 0) {

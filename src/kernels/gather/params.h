@@ -42,8 +42,19 @@ struct GatherBackwardParams {
   float* maybe_dweights = nullptr;  // [B, Hkv, Tq, K]
 };
 
+/// Entry points: the ISA path of flash::selected_capability() (dispatch.cpp).
 void gather_forward(const GatherParams& p);
 void gather_backward(const GatherParams& p, const GatherBackwardParams& g);
+
+// Per-ISA implementations. The backward has only the scalar reference today.
+void gather_forward_reference(const GatherParams& p);
+void gather_backward_reference(const GatherParams& p, const GatherBackwardParams& g);
+namespace avx2 {
+void gather_forward(const GatherParams& p);
+}  // namespace avx2
+namespace avx512 {
+void gather_forward(const GatherParams& p);
+}  // namespace avx512
 
 }  // namespace gather
 }  // namespace kernels

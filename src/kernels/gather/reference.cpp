@@ -45,7 +45,7 @@ void row_scores(const GatherParams& p, int64_t b, int64_t h, int64_t i, float* s
 
 }  // namespace
 
-void gather_forward(const GatherParams& p) {
+void gather_forward_reference(const GatherParams& p) {
   const int64_t Hq = p.num_heads_q, Hkv = p.num_heads_kv, G = Hq / Hkv, Tq = p.seq_len_q;
   const int64_t K = p.num_keys, Dv = p.head_dim_v;
   const int num_threads = at::get_num_threads();
@@ -85,7 +85,7 @@ void gather_forward(const GatherParams& p) {
   });
 }
 
-void gather_backward(const GatherParams& p, const GatherBackwardParams& g) {
+void gather_backward_reference(const GatherParams& p, const GatherBackwardParams& g) {
   const int64_t Hq = p.num_heads_q, Hkv = p.num_heads_kv, G = Hq / Hkv, Tq = p.seq_len_q;
   const int64_t Tkv = p.seq_len_kv, K = p.num_keys, D = p.head_dim, Dv = p.head_dim_v;
   const int num_threads = at::get_num_threads();
