@@ -12,10 +12,12 @@
 // dQ rows are shared between kv tiles: each thread accumulates into its own fp32 dQ copy, and
 // the copies are summed at the end (deterministic, no atomics).
 
-// C[0:4, 0:C*L] (+)= A[0:4, 0:kdim] B[0:kdim, 0:C*L]; A, B, C with leading dims lda, ldb, ldc.
+// C[0:4, 0:C*L] (+)= A[0:4, 0:kdim] B[0:kdim, 0:C*L]; A(r, kk) = a[r * lda + kk * a_cs] (so
+// a transposed operand needs no copy: lda = 1, a_cs = its row stride), B, C leading dims ldb, ldc.
 template <int C>
 static inline void gemm_micro(const float* a,
                               int64_t lda,
+                              int64_t a_cs,
                               const float* b,
                               int64_t ldb,
                               float* c,
@@ -30,7 +32,7 @@ static inline void gemm_micro(const float* a,
     typename Vec::reg bv[C];
     for (int j = 0; j < C; ++j) bv[j] = Vec::load(b + kk * ldb + j * Vec::kLanes);
     for (int r = 0; r < kRowBlock; ++r) {
-      const typename Vec::reg av = Vec::set1(a[r * lda + kk]);
+      const typename Vec::reg av = Vec::set1(a[r * lda + kk * a_cs]);
       for (int j = 0; j < C; ++j) acc[r][j] = Vec::fma(av, bv[j], acc[r][j]);
     }
   }
@@ -41,6 +43,7 @@ static inline void gemm_micro(const float* a,
 // C[m_pad, n_pad] (+)= A[m_pad, kdim] B[kdim, n_pad]; m_pad % 4 == 0, n_pad % kLanes == 0.
 static void gemm(const float* a,
                  int64_t lda,
+                 int64_t a_cs,
                  const float* b,
                  int64_t ldb,
                  float* c,
@@ -57,27 +60,20 @@ static void gemm(const float* a,
       float* cr = c + r * ldc + col;
       switch (std::min<int64_t>(Vec::kColVecs, nvec - cv)) {
         case 1:
-          gemm_micro<1>(ar, lda, b + col, ldb, cr, ldc, kdim, accumulate);
+          gemm_micro<1>(ar, lda, a_cs, b + col, ldb, cr, ldc, kdim, accumulate);
           break;
         case 2:
-          gemm_micro<2>(ar, lda, b + col, ldb, cr, ldc, kdim, accumulate);
+          gemm_micro<2>(ar, lda, a_cs, b + col, ldb, cr, ldc, kdim, accumulate);
           break;
         case 3:
-          gemm_micro<3>(ar, lda, b + col, ldb, cr, ldc, kdim, accumulate);
+          gemm_micro<3>(ar, lda, a_cs, b + col, ldb, cr, ldc, kdim, accumulate);
           break;
         default:
-          gemm_micro<Vec::kColVecs>(ar, lda, b + col, ldb, cr, ldc, kdim, accumulate);
+          gemm_micro<Vec::kColVecs>(ar, lda, a_cs, b + col, ldb, cr, ldc, kdim, accumulate);
           break;
       }
     }
   }
-}
-
-// dst[c, r] = src[r, c] for r < rows, c < cols (dst leading dim ldd).
-static void transpose(
-    const float* src, int64_t lds, int64_t rows, int64_t cols, float* dst, int64_t ldd) {
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t c = 0; c < cols; ++c) dst[c * ldd + r] = src[r * lds + c];
 }
 
 static void backward_impl(const FlashParams& p, const FlashBackwardParams& g) {
@@ -154,11 +150,11 @@ static void backward_impl(const FlashParams& p, const FlashBackwardParams& g) {
   const int64_t f_kr = pad16(kBlockK * d_pad), f_dk = pad16(kBlockK * d_pad);
   const int64_t f_dv = pad16(kBlockK * dv_pad), f_s = pad16(rows_pad * kBlockK);
   const int64_t f_dp = pad16(rows_pad * kBlockK), f_sd = pad16(rows_pad * kBlockK);
-  const int64_t f_t = pad16(kBlockK * rows_pad), f_dqt = pad16(rows_pad * d_pad);
+  const int64_t f_dqt = pad16(rows_pad * d_pad);
   const int64_t f_modes = pad16(ceil_div(G * num_kv_blocks, 4));
   const int64_t f_dq = pad16(B * Hq * Tq * D);
   const int64_t per_thread =
-      f_kt + f_vt + f_kr + f_dk + f_dv + f_s + f_dp + f_sd + f_t + f_dqt + f_modes + f_dq;
+      f_kt + f_vt + f_kr + f_dk + f_dv + f_s + f_dp + f_sd + f_dqt + f_modes + f_dq;
   std::unique_ptr<float, void (*)(void*)> slab(
       static_cast<float*>(std::aligned_alloc(64, sizeof(float) * per_thread * num_threads)),
       std::free);
@@ -180,8 +176,7 @@ static void backward_impl(const FlashParams& p, const FlashBackwardParams& g) {
     float* s = dv_acc + f_dv;
     float* dp = s + f_s;
     float* sd = dp + f_dp;
-    float* tr = sd + f_sd;
-    float* dqt = tr + f_t;
+    float* dqt = sd + f_sd;
     uint8_t* modes = reinterpret_cast<uint8_t*>(dqt + f_dqt);
     float* dq_t = base + (per_thread - f_dq);
 
@@ -236,8 +231,8 @@ static void backward_impl(const FlashParams& p, const FlashBackwardParams& g) {
         const float* row_di = di_panels.data() + blk * rows_pad;
 
         // S <- Qs Kt ; dP <- dO Vt
-        gemm(qs, d_pad, kt, kBlockK, s, kBlockK, rpad, width_pad, D, /*accumulate=*/false);
-        gemm(dos, dv_pad, vt, kBlockK, dp, kBlockK, rpad, width_pad, Dv, /*accumulate=*/false);
+        gemm(qs, d_pad, 1, kt, kBlockK, s, kBlockK, rpad, width_pad, D, /*accumulate=*/false);
+        gemm(dos, dv_pad, 1, vt, kBlockK, dp, kBlockK, rpad, width_pad, Dv, /*accumulate=*/false);
 
         const bool edge = !(j0 >= last.lo && j1 <= first.hi);
         for (int64_t r = 0; r < rpad; ++r) {
@@ -260,7 +255,14 @@ static void backward_impl(const FlashParams& p, const FlashBackwardParams& g) {
               Vec::store(sdr + c, Vec::sub(one, Vec::mul(th, th)));
             }
           }
-          if (edge || element_mods || use_mask_fn || p.has_block_mask()) {
+          if (edge && !element_mods && !use_mask_fn && !p.has_block_mask()) {
+            // Causal / window edge only: the visible keys are one interval, clip it.
+            const KeyRange kr_i = key_range(p, i);
+            const int64_t c_lo = std::min(width, std::max<int64_t>(0, kr_i.lo - j0));
+            const int64_t c_hi = std::max(c_lo, std::min(width, kr_i.hi - j0));
+            fill_floats(sr, sr + c_lo, kNegInf);
+            fill_floats(sr + c_hi, sr + width, kNegInf);
+          } else if (edge || element_mods || use_mask_fn || p.has_block_mask()) {
             const KeyRange kr_i = key_range(p, i);
             const uint8_t* m = modes + gg * num_kv_blocks;
             for (int64_t c = 0; c < width; ++c) {
@@ -292,12 +294,11 @@ static void backward_impl(const FlashParams& p, const FlashBackwardParams& g) {
         }
 
         // dV += P^T dO ; dK += dS^T Qs   (keys as rows: width4 of them, rpad inner)
-        transpose(s, kBlockK, rpad, width4, tr, rows_pad);
-        gemm(tr, rows_pad, dos, dv_pad, dv_acc, dv_pad, width4, dv_pad, rpad, /*accumulate=*/true);
-        transpose(dp, kBlockK, rpad, width4, tr, rows_pad);
-        gemm(tr, rows_pad, qs, d_pad, dk_acc, d_pad, width4, d_pad, rpad, /*accumulate=*/true);
+        // (P^T and dS^T read in place: row stride 1, column stride kBlockK)
+        gemm(s, 1, kBlockK, dos, dv_pad, dv_acc, dv_pad, width4, dv_pad, rpad, /*accumulate=*/true);
+        gemm(dp, 1, kBlockK, qs, d_pad, dk_acc, d_pad, width4, d_pad, rpad, /*accumulate=*/true);
         // dQ += dS (scale K)
-        gemm(dp, kBlockK, kr, d_pad, dqt, d_pad, rpad, d_pad, width, /*accumulate=*/false);
+        gemm(dp, kBlockK, 1, kr, d_pad, dqt, d_pad, rpad, d_pad, width, /*accumulate=*/false);
         for (int64_t r = 0; r < rows; ++r) {
           const int64_t h = hkv * G + r / nq, i = i0 + r % nq;
           float* dst = dq_t + ((b * Hq + h) * Tq + i) * D;

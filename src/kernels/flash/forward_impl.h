@@ -351,7 +351,14 @@ static void forward_impl(const FlashParams& p) {
             }
           }
           const bool partial = mode == kPartial && use_mask_fn;
-          if (edge || element_mods || partial) {
+          if (edge && !element_mods && !partial) {
+            // Causal / window edge only: the visible keys are one interval, clip it.
+            const KeyRange kr = key_range(p, i);
+            const int64_t c_lo = std::min(width, std::max<int64_t>(0, kr.lo - j0));
+            const int64_t c_hi = std::max(c_lo, std::min(width, kr.hi - j0));
+            fill_floats(s, s + c_lo, kNegInf);
+            fill_floats(s + c_hi, s + width, kNegInf);
+          } else if (edge || element_mods || partial) {
             const KeyRange kr = key_range(p, i);
             for (int64_t c = 0; c < width; ++c) {
               const int64_t j = j0 + c;
