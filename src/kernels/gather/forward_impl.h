@@ -32,8 +32,10 @@ static void gather_forward_impl(const GatherParams& p) {
   const int64_t K = p.num_keys, D = p.head_dim, Dv = p.head_dim_v;
   const int64_t d_pad = round_up_lanes(D), dv_pad = round_up_lanes(Dv);
   constexpr float kNegInf = -std::numeric_limits<float>::infinity();
-  // Per-thread scratch: G query rows, G x K scores, G output rows, one key and one value row.
-  const int64_t per_thread = G * d_pad + G * K + G * dv_pad + d_pad + dv_pad + 2 * G;
+  // Per-thread scratch: G query rows, G x K scores, G output rows, a block of kLanes key rows
+  // and its transpose, one value row, row max and denominator.
+  const int64_t per_thread =
+      G * d_pad + G * K + G * dv_pad + 2 * Vec::kLanes * d_pad + dv_pad + 2 * G;
   const int num_threads = at::get_num_threads();
   std::vector<float> slab(static_cast<size_t>(per_thread * num_threads));
 
@@ -42,8 +44,9 @@ static void gather_forward_impl(const GatherParams& p) {
     float* qrow = slab.data() + per_thread * at::get_thread_num();
     float* s = qrow + G * d_pad;
     float* o = s + G * K;
-    float* krow = o + G * dv_pad;
-    float* vrow = krow + d_pad;
+    float* kblock = o + G * dv_pad;
+    float* kt = kblock + Vec::kLanes * d_pad;
+    float* vrow = kt + Vec::kLanes * d_pad;
     float* m = vrow + dv_pad;  // [G] row max
     float* l = m + G;          // [G] row denominator
     for (int64_t row = begin; row < end; ++row) {
@@ -55,33 +58,65 @@ static void gather_forward_impl(const GatherParams& p) {
         load_row(p.q, p.dtype, b * p.q_stride_b + h * p.q_stride_h + i * p.q_stride_t, p.q_stride_d,
                  D, d_pad, qrow + g * d_pad);
       }
-      // s[g, n] = scale * q_g . k[idx_n]
-      for (int64_t n = 0; n < K; ++n) {
-        if (idx[n] < 0 || (w != nullptr && w[n] <= 0.0f)) {
-          for (int64_t g = 0; g < G; ++g) s[g * K + n] = kNegInf;
-          continue;
-        }
-        load_row(p.k, p.dtype, b * p.k_stride_b + hkv * p.k_stride_h + idx[n] * p.k_stride_t,
-                 p.k_stride_d, D, d_pad, krow);
-        for (int64_t g = 0; g < G; ++g) {
-          typename Vec::reg acc = Vec::zero();
-          for (int64_t d = 0; d < d_pad; d += Vec::kLanes) {
-            acc = Vec::fma(Vec::load(qrow + g * d_pad + d), Vec::load(krow + d), acc);
+      // s[g, n] = scale * q_g . k[idx_n], kLanes keys at a time: their rows are gathered into a
+      // [kLanes, d_pad] block, transposed to [d_pad, kLanes], and every head's scores come out
+      // as one vector (no horizontal reductions).
+      for (int64_t n0 = 0; n0 < K; n0 += Vec::kLanes) {
+        const int64_t nk = std::min<int64_t>(Vec::kLanes, K - n0);
+        for (int64_t c = 0; c < Vec::kLanes; ++c) {
+          const int64_t n = n0 + c;
+          float* dst = kblock + c * d_pad;
+          if (c < nk && idx[n] >= 0) {
+            load_row(p.k, p.dtype, b * p.k_stride_b + hkv * p.k_stride_h + idx[n] * p.k_stride_t,
+                     p.k_stride_d, D, d_pad, dst);
+          } else {
+            fill_floats(dst, dst + d_pad, 0.0f);
           }
-          s[g * K + n] = p.scale * Vec::reduce_add(acc);
+        }
+        for (int64_t d = 0; d < d_pad; d += Vec::kLanes) {
+          Vec::transpose_block(kblock + d, d_pad, kt + d * Vec::kLanes, Vec::kLanes);
+        }
+        for (int64_t g = 0; g < G; ++g) {
+          const float* qg = qrow + g * d_pad;
+          typename Vec::reg acc = Vec::zero();
+          for (int64_t d = 0; d < D; ++d)
+            acc = Vec::fma(Vec::set1(qg[d]), Vec::load(kt + d * Vec::kLanes), acc);
+          float tmp[Vec::kLanes];
+          Vec::store(tmp, acc);
+          for (int64_t c = 0; c < nk; ++c) {
+            const int64_t n = n0 + c;
+            const bool usable = idx[n] >= 0 && (w == nullptr || w[n] > 0.0f);
+            s[g * K + n] = usable ? p.scale * tmp[c] : kNegInf;
+          }
         }
       }
       // p[g, n] = w_n exp(s - m) (in place), l = sum p
       for (int64_t g = 0; g < G; ++g) {
-        float mg = kNegInf;
-        for (int64_t n = 0; n < K; ++n) mg = std::max(mg, s[g * K + n]);
+        float* sg = s + g * K;
+        const int64_t k_vec = K / Vec::kLanes * Vec::kLanes;
+        typename Vec::reg vmax = Vec::set1(kNegInf);
+        for (int64_t n = 0; n < k_vec; n += Vec::kLanes) vmax = Vec::max(vmax, Vec::load(sg + n));
+        float mg = Vec::reduce_max(vmax);
+        for (int64_t n = k_vec; n < K; ++n) mg = std::max(mg, sg[n]);
         float lg = 0.0f;
-        for (int64_t n = 0; n < K; ++n) {
-          const float pn = mg == kNegInf || s[g * K + n] == kNegInf
-                               ? 0.0f
-                               : (w ? w[n] : 1.0f) * std::exp(s[g * K + n] - mg);
-          s[g * K + n] = pn;
-          lg += pn;
+        if (mg == kNegInf) {
+          fill_floats(sg, sg + K, 0.0f);
+        } else {
+          // exp(-inf - m) = 0 for unused slots; weights multiply the numerators.
+          const typename Vec::reg vm = Vec::set1(mg);
+          typename Vec::reg vsum = Vec::zero();
+          for (int64_t n = 0; n < k_vec; n += Vec::kLanes) {
+            typename Vec::reg e = Vec::exp(Vec::sub(Vec::load(sg + n), vm));
+            if (w != nullptr) e = Vec::mul(e, Vec::load(w + n));
+            Vec::store(sg + n, e);
+            vsum = Vec::add(vsum, e);
+          }
+          lg = Vec::reduce_add(vsum);
+          for (int64_t n = k_vec; n < K; ++n) {
+            const float pn = sg[n] == kNegInf ? 0.0f : (w ? w[n] : 1.0f) * std::exp(sg[n] - mg);
+            sg[n] = pn;
+            lg += pn;
+          }
         }
         m[g] = mg;
         l[g] = lg;
