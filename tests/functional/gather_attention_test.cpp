@@ -57,8 +57,8 @@ TEST(GatherAttention, ForwardMatchesReference) {
 }
 
 TEST(GatherAttention, GradientsMatchAutogradThroughTheReference) {
-  GatherInputs in = make(1, 4, 2, 7, 30, 16, 8, 10, torch::kFloat);
-  torch::Tensor dout = torch::randn({1, 4, 7, 8});
+  GatherInputs in = make(2, 4, 2, 7, 30, 40, 24, 21, torch::kFloat);
+  torch::Tensor dout = torch::randn({2, 4, 7, 24});
   auto run = [&](bool fused) {
     auto dt = fused ? torch::kFloat : torch::kDouble;
     torch::Tensor q = in.q.to(dt).detach().requires_grad_(true),
@@ -70,11 +70,16 @@ TEST(GatherAttention, GradientsMatchAutogradThroughTheReference) {
     (out.to(torch::kDouble) * dout.to(torch::kDouble)).sum().backward();
     return std::vector<torch::Tensor>{q.grad(), k.grad(), v.grad(), w.grad()};
   };
-  auto got = run(true), expected = run(false);
-  for (size_t n = 0; n < got.size(); ++n) {
-    EXPECT_TRUE(torch::allclose(got[n].to(torch::kDouble), expected[n], 1e-4, 1e-4))
-        << n << " max abs diff "
-        << (got[n].to(torch::kDouble) - expected[n]).abs().max().item<double>();
+  auto expected = run(false);
+  for (const char* isa : testing::isa_paths()) {
+    SCOPED_TRACE(isa);
+    testing::EnvGuard guard("ATTNKIT_CPU_CAPABILITY", isa);
+    auto got = run(true);
+    for (size_t n = 0; n < got.size(); ++n) {
+      EXPECT_TRUE(torch::allclose(got[n].to(torch::kDouble), expected[n], 1e-4, 1e-4))
+          << n << " max abs diff "
+          << (got[n].to(torch::kDouble) - expected[n]).abs().max().item<double>();
+    }
   }
 }
 

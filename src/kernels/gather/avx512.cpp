@@ -22,10 +22,16 @@ using flash::fill_floats;
 #include "kernels/flash/vec_avx512.h"
 
 #include "kernels/gather/forward_impl.h"
+// The backward uses the forward's helpers: keep it second.
+#include "kernels/gather/backward_impl.h"
 
 }  // namespace
 
 void gather_forward(const GatherParams& p) { gather_forward_impl(p); }
+
+void gather_backward(const GatherParams& p, const GatherBackwardParams& g) {
+  gather_backward_impl(p, g);
+}
 
 }  // namespace avx512
 }  // namespace gather

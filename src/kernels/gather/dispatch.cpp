@@ -19,7 +19,14 @@ void gather_forward(const GatherParams& p) {
 }
 
 void gather_backward(const GatherParams& p, const GatherBackwardParams& g) {
-  gather_backward_reference(p, g);
+  switch (flash::selected_capability()) {
+    case flash::CpuCapability::kAvx512:
+      return avx512::gather_backward(p, g);
+    case flash::CpuCapability::kAvx2:
+      return avx2::gather_backward(p, g);
+    case flash::CpuCapability::kReference:
+      return gather_backward_reference(p, g);
+  }
 }
 
 }  // namespace gather

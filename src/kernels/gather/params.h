@@ -46,14 +46,16 @@ struct GatherBackwardParams {
 void gather_forward(const GatherParams& p);
 void gather_backward(const GatherParams& p, const GatherBackwardParams& g);
 
-// Per-ISA implementations. The backward has only the scalar reference today.
+// Per-ISA implementations.
 void gather_forward_reference(const GatherParams& p);
 void gather_backward_reference(const GatherParams& p, const GatherBackwardParams& g);
 namespace avx2 {
 void gather_forward(const GatherParams& p);
+void gather_backward(const GatherParams& p, const GatherBackwardParams& g);
 }  // namespace avx2
 namespace avx512 {
 void gather_forward(const GatherParams& p);
+void gather_backward(const GatherParams& p, const GatherBackwardParams& g);
 }  // namespace avx512
 
 }  // namespace gather
