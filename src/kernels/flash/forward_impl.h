@@ -227,6 +227,24 @@ struct Scratch {
   uint8_t* modes = nullptr;       // [G, num_kv_blocks] block-mask modes
 };
 
+// out[b, h, i, :] <- acc / l with the sink folded in; lse[b, h, i] <- m + log l.
+static void finalize_row(
+    const FlashParams& p, int64_t b, int64_t h, int64_t i, SoftmaxState st, const float* acc) {
+  float factor = 1.0f;
+  if (p.maybe_sinks != nullptr) factor = st.fold_sink(p.maybe_sinks[h]);
+  const float inv = st.l > 0.0f ? factor / st.l : 0.0f;
+  const int64_t out_off = b * p.out_stride_b + h * p.out_stride_h + i * p.out_stride_t;
+  if (p.dtype == FlashDtype::kFloat32 && p.out_stride_d == 1) {
+    float* dst = static_cast<float*>(p.out) + out_off;
+    for (int64_t e = 0; e < p.head_dim_v; ++e) dst[e] = acc[e] * inv;
+  } else {
+    for (int64_t e = 0; e < p.head_dim_v; ++e) {
+      store_elem(p.out, p.dtype, out_off + e * p.out_stride_d, acc[e] * inv);
+    }
+  }
+  p.lse[b * p.lse_stride_b + h * p.lse_stride_h + i * p.lse_stride_t] = st.lse();
+}
+
 static void forward_impl(const FlashParams& p) {
   // Sizes.
   const int64_t B = p.batch_size, Hq = p.num_heads_q, Hkv = p.num_heads_kv;
@@ -256,10 +274,26 @@ static void forward_impl(const FlashParams& p) {
       std::free);
   TORCH_INTERNAL_ASSERT(slab != nullptr, "flash_forward: scratch allocation failed");
 
-  // One work item per (b, kv head, q block). Grain 1: an item is >= 64 rows x Tkv keys of work.
-  // Within one (b, kv head) the q blocks are visited in zig-zag order (0, n-1, 1, n-2, ...) so
-  // that the contiguous ranges at::parallel_for hands to each thread carry equal causal work.
-  at::parallel_for(0, B * Hkv * num_q_blocks, 1, [&](int64_t begin, int64_t end) {
+  // Split-KV (flash decoding): with fewer (b, kv head, q block) items than threads (decode,
+  // small batches) each item's key range is cut into num_splits pieces processed in parallel;
+  // their (m, l, acc) states are merged afterwards. Pieces of at least 4 tiles keep the merge
+  // cheap. Not used with block masks.
+  const int64_t base_items = B * Hkv * num_q_blocks;
+  int64_t num_splits = 1;
+  if (!p.has_block_mask() && base_items < num_threads) {
+    num_splits = std::min(ceil_div(num_threads, base_items),
+                          std::max<int64_t>(1, ceil_div(Tkv, kBlockK) / 4));
+  }
+  std::vector<float> part_o, part_state;
+  if (num_splits > 1) {
+    part_o.resize(static_cast<size_t>(base_items * num_splits * rows_pad * dv_pad));
+    part_state.resize(static_cast<size_t>(base_items * num_splits * rows_pad * 2));
+  }
+
+  // One work item per (b, kv head, q block[, split]). Grain 1: an item is >= 64 rows x Tkv keys of
+  // work. Within one (b, kv head) the q blocks are visited in zig-zag order (0, n-1, 1, n-2, ...)
+  // so that the contiguous ranges at::parallel_for hands to each thread carry equal causal work.
+  at::parallel_for(0, base_items * num_splits, 1, [&](int64_t begin, int64_t end) {
     const int tid = at::get_thread_num();
     float* base = slab.get() + per_thread * tid;
     Scratch sc;
@@ -272,7 +306,8 @@ static void forward_impl(const FlashParams& p) {
     sc.modes = reinterpret_cast<uint8_t*>(sc.vs + floats_vs + floats_state);
 
     for (int64_t item = begin; item < end; ++item) {
-      const int64_t bh = item / num_q_blocks, t = item % num_q_blocks;
+      const int64_t split = item % num_splits, base_item = item / num_splits;
+      const int64_t bh = base_item / num_q_blocks, t = base_item % num_q_blocks;
       const int64_t qb = (t % 2 == 0) ? t / 2 : num_q_blocks - 1 - t / 2;
       const int64_t b = bh / Hkv, hkv = bh % Hkv;
       const int64_t i0 = qb * rows_q;
@@ -387,28 +422,63 @@ static void forward_impl(const FlashParams& p) {
             process_tile(j0, std::min(j0 + kBlockK, hi), kb);
         }
       } else {
-        for (int64_t j0 = range_lo; j0 < range_hi; j0 += kBlockK) {
-          process_tile(j0, std::min(j0 + kBlockK, range_hi), -1);
+        // This split's share of the range's tiles.
+        const int64_t tiles = ceil_div(range_hi - range_lo, kBlockK);
+        const int64_t per_split = ceil_div(tiles, num_splits);
+        const int64_t lo = range_lo + std::min(tiles, split * per_split) * kBlockK;
+        const int64_t hi = std::min(range_hi, range_lo + (split + 1) * per_split * kBlockK);
+        for (int64_t j0 = lo; j0 < hi; j0 += kBlockK)
+          process_tile(j0, std::min(j0 + kBlockK, hi), -1);
+      }
+
+      if (num_splits > 1) {  // keep the partial state; the merge below finalizes
+        const int64_t slot = (bh * num_q_blocks + qb) * num_splits + split;
+        float* po = part_o.data() + slot * rows_pad * dv_pad;
+        float* ps = part_state.data() + slot * rows_pad * 2;
+        for (int64_t r = 0; r < rows; ++r) {
+          ps[2 * r] = sc.state[r].m;
+          ps[2 * r + 1] = sc.state[r].l;
+          std::memcpy(po + r * dv_pad, sc.o + r * dv_pad, sizeof(float) * dv_pad);
         }
+        continue;
       }
 
       // Finalize: fold the sink, out <- O / l, lse <- m + log l.
       for (int64_t r = 0; r < rows; ++r) {
-        const int64_t h = hkv * G + r / nq, i = i0 + r % nq;
-        SoftmaxState& st = sc.state[r];
-        float factor = 1.0f;
-        if (p.maybe_sinks != nullptr) factor = st.fold_sink(p.maybe_sinks[h]);
-        const float inv = st.l > 0.0f ? factor / st.l : 0.0f;
-        const float* orow = sc.o + r * dv_pad;
-        const int64_t out_off = b * p.out_stride_b + h * p.out_stride_h + i * p.out_stride_t;
-        if (p.dtype == FlashDtype::kFloat32 && p.out_stride_d == 1) {
-          float* dst = static_cast<float*>(p.out) + out_off;
-          for (int64_t e = 0; e < Dv; ++e) dst[e] = orow[e] * inv;
-        } else {
-          for (int64_t e = 0; e < Dv; ++e)
-            store_elem(p.out, p.dtype, out_off + e * p.out_stride_d, orow[e] * inv);
+        finalize_row(p, b, hkv * G + r / nq, i0 + r % nq, sc.state[r], sc.o + r * dv_pad);
+      }
+    }
+  });
+  if (num_splits == 1) return;
+
+  // Merge the splits: m = max_s m_s, l = sum_s l_s exp(m_s - m), acc = sum_s acc_s exp(m_s - m).
+  at::parallel_for(0, base_items, 1, [&](int64_t begin, int64_t end) {
+    float* acc = slab.get() + per_thread * at::get_thread_num();  // scratch is free again
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t bh = item / num_q_blocks, qb = item % num_q_blocks;
+      const int64_t b = bh / Hkv, hkv = bh % Hkv, i0 = qb * rows_q;
+      const int64_t nq = std::min(rows_q, Tq - i0);
+      for (int64_t r = 0; r < G * nq; ++r) {
+        SoftmaxState st;
+        for (int64_t sp = 0; sp < num_splits; ++sp) {
+          st.m = std::max(st.m, part_state[((item * num_splits + sp) * rows_pad + r) * 2]);
         }
-        p.lse[b * p.lse_stride_b + h * p.lse_stride_h + i * p.lse_stride_t] = st.lse();
+        fill_floats(acc, acc + dv_pad, 0.0f);
+        if (st.m != kNegInf) {
+          for (int64_t sp = 0; sp < num_splits; ++sp) {
+            const int64_t slot = item * num_splits + sp;
+            const float m_s = part_state[(slot * rows_pad + r) * 2];
+            if (m_s == kNegInf) continue;
+            const float alpha = std::exp(m_s - st.m);
+            st.l += alpha * part_state[(slot * rows_pad + r) * 2 + 1];
+            const float* po = part_o.data() + (slot * rows_pad + r) * dv_pad;
+            const typename Vec::reg va = Vec::set1(alpha);
+            for (int64_t e = 0; e < dv_pad; e += Vec::kLanes) {
+              Vec::store(acc + e, Vec::fma(va, Vec::load(po + e), Vec::load(acc + e)));
+            }
+          }
+        }
+        finalize_row(p, b, hkv * G + r / nq, i0 + r % nq, st, acc);
       }
     }
   });
