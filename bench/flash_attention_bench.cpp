@@ -11,6 +11,7 @@
 #include <benchmark/benchmark.h>
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -357,7 +358,10 @@ void print_ratios(const MedianReporter& r) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  const int cores = static_cast<int>(std::thread::hardware_concurrency());
+  // All cores unless ATTNKIT_BENCH_THREADS says otherwise (1 thread gives stable CPU times on
+  // a shared machine).
+  int cores = static_cast<int>(std::thread::hardware_concurrency());
+  if (const char* env = std::getenv("ATTNKIT_BENCH_THREADS")) cores = std::max(1, std::atoi(env));
   torch::set_num_threads(cores);
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
