@@ -7,6 +7,8 @@
 #include <attnkit/core/rms_norm.h>
 #include <attnkit/core/rope.h>
 #include <attnkit/functional/dot_product_attention.h>
+#include <attnkit/functional/flex_attention.h>
+#include <attnkit/functional/gather_attention.h>
 
 #include <attnkit/attention/attention.h>
 #include <attnkit/attention/big_bird_attention.h>

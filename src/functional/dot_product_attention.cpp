@@ -1,5 +1,7 @@
 #include <attnkit/functional/dot_product_attention.h>
 
+#include <attnkit/functional/flex_attention.h>
+
 namespace attnkit {
 namespace functional {
 
@@ -7,7 +9,25 @@ AttentionResult dot_product_attention(const torch::Tensor& q,
                                       const torch::Tensor& k,
                                       const torch::Tensor& v,
                                       const DotProductAttentionOptions& options) {
-  return reference_attention(q, k, v, options);
+  // The attention weights and dropout exist only on the reference path; so does everything
+  // when ATTNKIT_BACKEND=reference.
+  if (options.need_weights() || options.dropout() > 0 || !fused_backend_selected()) {
+    return reference_attention(q, k, v, options);
+  }
+  check_attention_inputs("dot_product_attention", q, k, v, options);
+  FlexAttentionOptions flex;
+  flex.scale(options.scale())
+      .causal(options.causal())
+      .window_left(options.window_left())
+      .window_right(options.window_right())
+      .sinks(options.sinks())
+      .mask(options.mask())
+      .bias(options.bias());
+  FlexAttentionResult r = flex_attention(q, k, v, flex);
+  AttentionResult result;
+  result.output = r.output;
+  result.lse = r.lse;
+  return result;
 }
 
 }  // namespace functional

@@ -1,6 +1,7 @@
 #pragma once
-// The attention call every dense mechanism makes. It validates once and routes to the best
-// available implementation (today the reference; the fused engine when it lands).
+// The attention call every dense mechanism makes. It validates once and routes to the fused
+// engine (flex_attention) by default; the reference runs for need_weights, dropout > 0, fp64,
+// or when ATTNKIT_BACKEND=reference.
 
 #include <attnkit/core/reference_attention.h>
 

@@ -1,0 +1,373 @@
+// Benchmarks of the fused flash attention against the machine's limits, measured in the same
+// run: OpenBLAS sgemm (through at::mm) for FLOP/s, a streaming read for bytes/s, and LibTorch's
+// composed path (matmul, softmax, matmul). Ratios are computed from medians of repeats and
+// printed after the Google Benchmark table.
+//
+//   build-eng/bench/flash_attention_bench --benchmark_repetitions=5 \
+//       --benchmark_report_aggregates_only=true
+
+#include <attnkit/attnkit.h>
+
+#include <benchmark/benchmark.h>
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <string>
+#include <thread>
+
+namespace {
+
+using attnkit::functional::FlexAttentionOptions;
+
+// 2 * M * N * K for an [M, K] x [K, N] product.
+double gemm_flops(double m, double n, double k) { return 2.0 * m * n * k; }
+
+// Forward FLOPs of attention: QK^T and PV; a causal pass counts half (Tq == Tk).
+double attention_flops(
+    int64_t B, int64_t H, int64_t Tq, int64_t Tk, int64_t D, int64_t Dv, bool causal) {
+  const double f = gemm_flops(static_cast<double>(B * H * Tq), Tk, D) +
+                   gemm_flops(static_cast<double>(B * H * Tq), Dv, Tk);
+  return causal ? f / 2 : f;
+}
+
+void set_flops(benchmark::State& state, double flops) {
+  state.counters["FLOP/s"] =
+      benchmark::Counter(flops, benchmark::Counter::kIsIterationInvariantRate);
+}
+
+// Resident-set figures of this process from /proc/self/status ("VmRSS", "VmHWM"), in bytes.
+int64_t proc_status_bytes(const char* key) {
+  std::FILE* f = std::fopen("/proc/self/status", "r");
+  if (f == nullptr) return 0;
+  char line[256];
+  int64_t kb = 0;
+  const size_t n = std::strlen(key);
+  while (std::fgets(line, sizeof(line), f) != nullptr) {
+    if (std::strncmp(line, key, n) == 0 && line[n] == ':') kb = std::atoll(line + n + 1);
+  }
+  std::fclose(f);
+  return kb * 1024;
+}
+
+// Peak extra memory of one fused forward at T = 16384 (B1 H8 D64): the rise of the process's
+// high-water mark over its resident size with the inputs allocated. Registered first so that no
+// earlier benchmark has raised the high-water mark. O(T^2) would be 8.6 GB of fp32 scores.
+void BM_PeakMemory(benchmark::State& state) {
+  const int64_t T = state.range(0);
+  torch::NoGradGuard no_grad;
+  torch::Tensor q = torch::randn({1, 8, T, 64}), k = torch::randn({1, 8, T, 64}),
+                v = torch::randn({1, 8, T, 64});
+  const int64_t before = proc_status_bytes("VmRSS");
+  for (auto _ : state) {
+    auto r = attnkit::functional::flex_attention(q, k, v, FlexAttentionOptions().causal(true));
+    benchmark::DoNotOptimize(r.output.data_ptr());
+  }
+  state.counters["extra_bytes"] = static_cast<double>(proc_status_bytes("VmHWM") - before);
+  state.counters["output_bytes"] = static_cast<double>(q.nbytes());
+}
+BENCHMARK(BM_PeakMemory)->ArgNames({"T"})->Arg(16384)->Iterations(1)->Unit(benchmark::kMillisecond);
+
+// The machine's practical FLOP limit: sgemm of square fp32 matrices (OpenBLAS via at::mm).
+void BM_Sgemm(benchmark::State& state) {
+  const int64_t n = state.range(0);
+  torch::Tensor a = torch::randn({n, n}), b = torch::randn({n, n}), c = torch::empty({n, n});
+  for (auto _ : state) {
+    at::mm_out(c, a, b);
+    benchmark::DoNotOptimize(c.data_ptr());
+  }
+  set_flops(state, gemm_flops(n, n, n));
+}
+BENCHMARK(BM_Sgemm)->ArgNames({"N"})->Arg(2048)->Unit(benchmark::kMillisecond)->UseRealTime();
+
+// The machine's read bandwidth: a streaming XOR over 1 GiB split across the threads (integer
+// XOR vectorises without fast-math, so the loop runs at memory speed, unlike torch's sum).
+void BM_ReadBandwidth(benchmark::State& state) {
+  const int64_t n = int64_t{1} << 27;  // uint64 words
+  torch::Tensor x = torch::randint(0, 1 << 30, {n}, torch::kLong);
+  const uint64_t* data = reinterpret_cast<const uint64_t*>(x.data_ptr<int64_t>());
+  for (auto _ : state) {
+    std::vector<uint64_t> partial(static_cast<size_t>(at::get_num_threads()), 0);
+    at::parallel_for(0, n, 1 << 20, [&](int64_t begin, int64_t end) {
+      uint64_t acc = 0;
+      for (int64_t e = begin; e < end; ++e) acc ^= data[e];
+      partial[at::get_thread_num()] ^= acc;
+    });
+    benchmark::DoNotOptimize(partial.data());
+  }
+  state.counters["bytes/s"] = benchmark::Counter(static_cast<double>(x.nbytes()),
+                                                 benchmark::Counter::kIsIterationInvariantRate);
+}
+BENCHMARK(BM_ReadBandwidth)->Unit(benchmark::kMillisecond)->UseRealTime();
+
+// Fused forward: args B, H, T, D, causal.
+void BM_FlashForward(benchmark::State& state) {
+  const int64_t B = state.range(0), H = state.range(1), T = state.range(2), D = state.range(3);
+  const bool causal = state.range(4) != 0;
+  torch::NoGradGuard no_grad;
+  torch::Tensor q = torch::randn({B, H, T, D}), k = torch::randn({B, H, T, D}),
+                v = torch::randn({B, H, T, D});
+  auto o = FlexAttentionOptions().causal(causal);
+  for (auto _ : state) {
+    auto r = attnkit::functional::flex_attention(q, k, v, o);
+    benchmark::DoNotOptimize(r.output.data_ptr());
+  }
+  set_flops(state, attention_flops(B, H, T, T, D, D, causal));
+}
+
+// bf16 fused forward (fp32 accumulation), same args.
+void BM_FlashForwardBf16(benchmark::State& state) {
+  const int64_t B = state.range(0), H = state.range(1), T = state.range(2), D = state.range(3);
+  const bool causal = state.range(4) != 0;
+  torch::NoGradGuard no_grad;
+  auto bf = torch::kBFloat16;
+  torch::Tensor q = torch::randn({B, H, T, D}).to(bf), k = torch::randn({B, H, T, D}).to(bf),
+                v = torch::randn({B, H, T, D}).to(bf);
+  auto o = FlexAttentionOptions().causal(causal);
+  for (auto _ : state) {
+    auto r = attnkit::functional::flex_attention(q, k, v, o);
+    benchmark::DoNotOptimize(r.output.data_ptr());
+  }
+  set_flops(state, attention_flops(B, H, T, T, D, D, causal));
+}
+
+// LibTorch's composed path: matmul, (masked) softmax, matmul.
+void BM_Composed(benchmark::State& state) {
+  const int64_t B = state.range(0), H = state.range(1), T = state.range(2), D = state.range(3);
+  const bool causal = state.range(4) != 0;
+  torch::NoGradGuard no_grad;
+  torch::Tensor q = torch::randn({B, H, T, D}), k = torch::randn({B, H, T, D}),
+                v = torch::randn({B, H, T, D});
+  torch::Tensor future = torch::ones({T, T}, torch::kBool).triu(1);
+  const double scale = 1.0 / std::sqrt(static_cast<double>(D));
+  for (auto _ : state) {
+    torch::Tensor s = torch::matmul(q, k.transpose(-1, -2)) * scale;
+    if (causal) s.masked_fill_(future, -std::numeric_limits<float>::infinity());
+    torch::Tensor out = torch::matmul(torch::softmax(s, -1), v);
+    benchmark::DoNotOptimize(out.data_ptr());
+  }
+  set_flops(state, attention_flops(B, H, T, T, D, D, causal));
+}
+
+void dense_args(benchmark::internal::Benchmark* b) {
+  b->ArgNames({"B", "H", "T", "D", "causal"});
+  for (int64_t causal : {0, 1}) {
+    b->Args({1, 8, 4096, 128, causal});
+    b->Args({1, 8, 2048, 64, causal});
+  }
+  b->Unit(benchmark::kMillisecond)->UseRealTime();
+}
+BENCHMARK(BM_FlashForward)->Apply(dense_args);
+BENCHMARK(BM_Composed)->Apply(dense_args);
+BENCHMARK(BM_FlashForwardBf16)
+    ->ArgNames({"B", "H", "T", "D", "causal"})
+    ->Args({1, 8, 4096, 128, 0})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+
+// Decode: one query per sequence, Tk keys, Hq query heads over Hkv kv heads; bytes of K and V
+// read per second.
+void BM_Decode(benchmark::State& state) {
+  const int64_t Hq = state.range(0), Hkv = state.range(1), Tk = state.range(2), D = state.range(3);
+  torch::NoGradGuard no_grad;
+  torch::Tensor q = torch::randn({1, Hq, 1, D}), k = torch::randn({1, Hkv, Tk, D}),
+                v = torch::randn({1, Hkv, Tk, D});
+  for (auto _ : state) {
+    auto r = attnkit::functional::flex_attention(q, k, v);
+    benchmark::DoNotOptimize(r.output.data_ptr());
+  }
+  state.counters["bytes/s"] = benchmark::Counter(static_cast<double>(k.nbytes() + v.nbytes()),
+                                                 benchmark::Counter::kIsIterationInvariantRate);
+}
+BENCHMARK(BM_Decode)
+    ->ArgNames({"Hq", "Hkv", "Tk", "D"})
+    ->Args({32, 8, 32768, 128})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+
+// Forward + backward (gradients of q, k, v) at a training-size shape.
+void BM_FlashForwardBackward(benchmark::State& state) {
+  const int64_t B = state.range(0), H = state.range(1), T = state.range(2), D = state.range(3);
+  const bool causal = state.range(4) != 0;
+  torch::Tensor q = torch::randn({B, H, T, D}).requires_grad_(true);
+  torch::Tensor k = torch::randn({B, H, T, D}).requires_grad_(true);
+  torch::Tensor v = torch::randn({B, H, T, D}).requires_grad_(true);
+  torch::Tensor dout = torch::randn({B, H, T, D});
+  auto o = FlexAttentionOptions().causal(causal);
+  for (auto _ : state) {
+    auto r = attnkit::functional::flex_attention(q, k, v, o);
+    r.output.backward(dout);
+    benchmark::DoNotOptimize(q.grad().data_ptr());
+  }
+  // Forward 2 GEMMs + backward 4 GEMMs (dV, dP, dQ, dK) + recomputed S: 7 / 2 of the forward.
+  set_flops(state, 3.5 * attention_flops(B, H, T, T, D, D, causal));
+}
+BENCHMARK(BM_FlashForwardBackward)
+    ->ArgNames({"B", "H", "T", "D", "causal"})
+    ->Args({1, 8, 1024, 64, 1})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+
+// Block-sparse: sliding window 256 (causal) against dense causal at T = 16384.
+void BM_SlidingWindow(benchmark::State& state) {
+  const int64_t T = state.range(0), W = state.range(1);
+  torch::NoGradGuard no_grad;
+  torch::Tensor q = torch::randn({1, 8, T, 64}), k = torch::randn({1, 8, T, 64}),
+                v = torch::randn({1, 8, T, 64});
+  auto o = FlexAttentionOptions().causal(true);
+  if (W > 0) o.window_left(W);
+  for (auto _ : state) {
+    auto r = attnkit::functional::flex_attention(q, k, v, o);
+    benchmark::DoNotOptimize(r.output.data_ptr());
+  }
+  const double visited =
+      W > 0 ? static_cast<double>(T) * (W + 1) : static_cast<double>(T) * (T + 1) / 2;
+  set_flops(state, 8.0 * visited * 64 * 4);
+}
+BENCHMARK(BM_SlidingWindow)
+    ->ArgNames({"T", "window"})
+    ->Args({16384, 256})
+    ->Args({16384, 0})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+
+// Gather: each of T queries attends to 256 keys (8 query heads sharing 1 kv head, D 64),
+// against the same selection as a dense boolean mask on the fused dense kernel.
+torch::Tensor gather_indices(int64_t T, int64_t K) {
+  // key (31 n + 37 i) mod T: K distinct keys per query (31 is coprime with T = 2^13)
+  torch::Tensor i = torch::arange(T).view({T, 1}), n = torch::arange(K).view({1, K});
+  return ((n * 31 + i * 37) % T).view({1, 1, T, K});
+}
+
+void BM_Gather(benchmark::State& state) {
+  const int64_t T = state.range(0), K = state.range(1);
+  torch::NoGradGuard no_grad;
+  torch::Tensor q = torch::randn({1, 8, T, 64}), k = torch::randn({1, 1, T, 64}),
+                v = torch::randn({1, 1, T, 64});
+  torch::Tensor idx = gather_indices(T, K);
+  for (auto _ : state) {
+    auto r = attnkit::functional::gather_attention(q, k, v, idx);
+    benchmark::DoNotOptimize(r.output.data_ptr());
+  }
+  set_flops(state, 8.0 * T * K * 64 * 4);
+}
+BENCHMARK(BM_Gather)
+    ->ArgNames({"T", "K"})
+    ->Args({8192, 256})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+
+void BM_GatherAsDenseMask(benchmark::State& state) {
+  const int64_t T = state.range(0), K = state.range(1);
+  torch::NoGradGuard no_grad;
+  torch::Tensor q = torch::randn({1, 8, T, 64}), k = torch::randn({1, 1, T, 64}),
+                v = torch::randn({1, 1, T, 64});
+  torch::Tensor mask = torch::zeros({1, 1, T, T}, torch::kBool);
+  mask.scatter_(3, gather_indices(T, K), true);
+  auto o = FlexAttentionOptions().mask(mask);
+  for (auto _ : state) {
+    auto r = attnkit::functional::flex_attention(q, k, v, o);
+    benchmark::DoNotOptimize(r.output.data_ptr());
+  }
+  set_flops(state, 8.0 * T * K * 64 * 4);
+}
+BENCHMARK(BM_GatherAsDenseMask)
+    ->ArgNames({"T", "K"})
+    ->Args({8192, 256})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+
+// Collects the medians (or the single run) of every benchmark for the ratio table.
+class MedianReporter : public benchmark::ConsoleReporter {
+ public:
+  void ReportRuns(const std::vector<Run>& runs) override {
+    for (const Run& run : runs) {
+      const bool aggregate = run.run_type == Run::RT_Aggregate;
+      if (aggregate && run.aggregate_name != "median") continue;
+      const std::string name = run.run_name.str();
+      for (const auto& [key, counter] : run.counters) values_[name][key] = counter.value;
+      values_[name]["ms"] = run.GetAdjustedRealTime();
+    }
+    ConsoleReporter::ReportRuns(runs);
+  }
+  double get(const std::string& name, const std::string& key) const {
+    auto it = values_.find(name);
+    if (it == values_.end()) return 0;
+    auto jt = it->second.find(key);
+    return jt == it->second.end() ? 0 : jt->second;
+  }
+
+ private:
+  std::map<std::string, std::map<std::string, double>> values_;
+};
+
+void print_ratios(const MedianReporter& r) {
+  const double sgemm = r.get("BM_Sgemm/N:2048/real_time", "FLOP/s");
+  const double bw = r.get("BM_ReadBandwidth/real_time", "bytes/s");
+  std::printf("\nsgemm %.1f GFLOP/s, read bandwidth %.1f GB/s, %d threads\n", sgemm / 1e9, bw / 1e9,
+              torch::get_num_threads());
+  std::printf("%-34s %10s %10s %12s %14s\n", "shape", "GFLOP/s", "/sgemm", "composed ms",
+              "x composed");
+  for (const char* shape : {"B:1/H:8/T:4096/D:128/causal:0", "B:1/H:8/T:4096/D:128/causal:1",
+                            "B:1/H:8/T:2048/D:64/causal:0", "B:1/H:8/T:2048/D:64/causal:1"}) {
+    const std::string s = shape;
+    const double f = r.get("BM_FlashForward/" + s + "/real_time", "FLOP/s");
+    const double t = r.get("BM_FlashForward/" + s + "/real_time", "ms");
+    const double c = r.get("BM_Composed/" + s + "/real_time", "ms");
+    if (f == 0) continue;
+    std::printf("%-34s %10.1f %10.2f %12.1f %14.2f\n", shape, f / 1e9, sgemm > 0 ? f / sgemm : 0, c,
+                t > 0 ? c / t : 0);
+  }
+  const double bf = r.get("BM_FlashForwardBf16/B:1/H:8/T:4096/D:128/causal:0/real_time", "FLOP/s");
+  if (bf > 0)
+    std::printf("bf16 non-causal T4096 D128: %.1f GFLOP/s (%.2f of sgemm)\n", bf / 1e9, bf / sgemm);
+  const double dec = r.get("BM_Decode/Hq:32/Hkv:8/Tk:32768/D:128/real_time", "bytes/s");
+  if (dec > 0)
+    std::printf("decode Hq32 Hkv8 Tk32768 D128: %.1f GB/s (%.2f of read bandwidth)\n", dec / 1e9,
+                bw > 0 ? dec / bw : 0);
+  const double fb =
+      r.get("BM_FlashForwardBackward/B:1/H:8/T:1024/D:64/causal:1/real_time", "FLOP/s");
+  if (fb > 0)
+    std::printf("fwd+bwd causal T1024 D64: %.1f GFLOP/s (%.3f of sgemm)\n", fb / 1e9, fb / sgemm);
+  const double ga = r.get("BM_Gather/T:8192/K:256/real_time", "ms");
+  const double gd = r.get("BM_GatherAsDenseMask/T:8192/K:256/real_time", "ms");
+  if (ga > 0 && gd > 0) {
+    std::printf("gather T8192 K256: %.1f ms vs %.1f ms as a dense mask: %.1fx faster\n", ga, gd,
+                gd / ga);
+  }
+  const double peak = r.get("BM_PeakMemory/T:16384/iterations:1", "extra_bytes");
+  if (peak > 0) {
+    std::printf(
+        "peak extra memory of the fused forward at T16384 (B1 H8 D64): %.1f MB (output "
+        "%.1f MB; dense scores would be %.1f MB)\n",
+        peak / 1e6, r.get("BM_PeakMemory/T:16384/iterations:1", "output_bytes") / 1e6,
+        16384.0 * 16384 * 8 * 4 / 1e6);
+  }
+  const double sw = r.get("BM_SlidingWindow/T:16384/window:256/real_time", "ms");
+  const double dense = r.get("BM_SlidingWindow/T:16384/window:0/real_time", "ms");
+  if (sw > 0 && dense > 0) {
+    const double ideal = (16384.0 + 1) / 2 / 257.0;
+    std::printf("window 256 vs dense causal at T16384: %.2fx faster (ideal %.1fx, %.2f of ideal)\n",
+                dense / sw, ideal, dense / sw / ideal);
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  // All cores unless ATTNKIT_BENCH_THREADS says otherwise (1 thread gives stable CPU times on
+  // a shared machine).
+  int cores = static_cast<int>(std::thread::hardware_concurrency());
+  if (const char* env = std::getenv("ATTNKIT_BENCH_THREADS")) cores = std::max(1, std::atoi(env));
+  torch::set_num_threads(cores);
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  MedianReporter reporter;
+  benchmark::RunSpecifiedBenchmarks(&reporter);
+  print_ratios(reporter);
+  benchmark::Shutdown();
+  return 0;
+}

@@ -1,0 +1,54 @@
+#pragma once
+// Gather attention: every query attends to its own list of keys (token-level sparse attention:
+// DeepSeek sparse attention, top-k / top-p and sampling maskers), forward and backward.
+
+#include <torch/arg.h>
+#include <torch/types.h>
+
+namespace attnkit {
+namespace functional {
+
+/// Options of `gather_attention`.
+/// Example:
+///   GatherAttentionOptions().scale(0.125)
+struct GatherAttentionOptions {
+  /// Multiplier of q.k. Unset means 1/sqrt(D). Default: nullopt
+  TORCH_ARG(c10::optional<double>, scale) = c10::nullopt;
+};
+
+/// What `gather_attention` returns.
+struct GatherAttentionResult {
+  /// [B, Hq, Tq, Dv], the dtype of q.
+  torch::Tensor output;
+  /// [B, Hq, Tq] float32 natural-log log-sum-exp of the weighted visible logits; -inf for a
+  /// query with no usable key (its output is zero).
+  torch::Tensor lse;
+};
+
+/// Softmax attention over per-query key lists, autograd-aware (gradients for q, k, v and
+/// weights). Query head h uses the list of kv head h / (Hq / Hkv).
+///   p_j = w_j exp(s_j) / sum_j' w_j' exp(s_j'), s_j = scale q . k[idx_j], out = sum_j p_j v[idx_j]
+///   q: [B, Hq, Tq, D], k: [B, Hkv, Tk, D], v: [B, Hkv, Tk, Dv],
+///   indices: [B, Hkv, Tq, K] integer key positions (-1 = unused slot),
+///   weights: [B, Hkv, Tq, K] non-negative, optional -> output [B, Hq, Tq, Dv]
+/// fp32 and bf16 run the fused kernels (ATTNKIT_BACKEND=reference forces the composition of
+/// torch ops); fp64 runs the composition.
+/// Example:
+///   auto r = functional::gather_attention(q, k, v, topk_indices);
+GatherAttentionResult gather_attention(const torch::Tensor& q,
+                                       const torch::Tensor& k,
+                                       const torch::Tensor& v,
+                                       const torch::Tensor& indices,
+                                       const torch::Tensor& weights = {},
+                                       const GatherAttentionOptions& options = {});
+
+/// The same computation composed of torch ops (gathers [B, Hkv, Tq, K, D] keys): the reference.
+GatherAttentionResult gather_attention_reference(const torch::Tensor& q,
+                                                 const torch::Tensor& k,
+                                                 const torch::Tensor& v,
+                                                 const torch::Tensor& indices,
+                                                 const torch::Tensor& weights = {},
+                                                 const GatherAttentionOptions& options = {});
+
+}  // namespace functional
+}  // namespace attnkit

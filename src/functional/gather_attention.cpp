@@ -1,0 +1,213 @@
+#include <attnkit/functional/gather_attention.h>
+
+#include <attnkit/functional/flex_attention.h>
+
+#include "kernels/gather/params.h"
+
+#include <torch/torch.h>
+
+namespace attnkit {
+namespace functional {
+
+namespace {
+
+using kernels::gather::GatherBackwardParams;
+using kernels::gather::GatherParams;
+
+void check_gather_inputs(const char* fn,
+                         const torch::Tensor& q,
+                         const torch::Tensor& k,
+                         const torch::Tensor& v,
+                         const torch::Tensor& indices,
+                         const torch::Tensor& weights) {
+  check_attention_inputs(fn, q, k, v, DotProductAttentionOptions());
+  const int64_t B = q.size(0), Hkv = k.size(1), Tq = q.size(2);
+  TORCH_CHECK(
+      indices.dim() == 4 && indices.size(0) == B && indices.size(1) == Hkv && indices.size(2) == Tq,
+      fn, ": expected indices of shape [B, Hkv, Tq, K] = [", B, ", ", Hkv, ", ", Tq, ", K], got ",
+      indices.sizes());
+  TORCH_CHECK(!indices.is_floating_point() && !indices.is_complex() &&
+                  indices.scalar_type() != torch::kBool,
+              fn, ": expected integer indices, got ", indices.scalar_type());
+  if (indices.numel() > 0) {
+    const int64_t lo = indices.min().item<int64_t>(), hi = indices.max().item<int64_t>();
+    TORCH_CHECK(lo >= -1 && hi < k.size(2), fn, ": expected indices in [-1, Tk) = [-1, ", k.size(2),
+                "), got values in [", lo, ", ", hi, "]");
+  }
+  if (weights.defined()) {
+    TORCH_CHECK(weights.sizes() == indices.sizes(), fn,
+                ": expected weights of the shape of indices ", indices.sizes(), ", got ",
+                weights.sizes());
+    TORCH_CHECK(weights.is_floating_point(), fn, ": expected floating-point weights, got ",
+                weights.scalar_type());
+  }
+}
+
+struct Prepared {
+  GatherParams params;
+  torch::Tensor indices, weights;
+};
+
+Prepared prepare(const torch::Tensor& q,
+                 const torch::Tensor& k,
+                 const torch::Tensor& v,
+                 const torch::Tensor& indices,
+                 const torch::Tensor& weights,
+                 const GatherAttentionOptions& o) {
+  Prepared prep;
+  GatherParams& p = prep.params;
+  p.dtype = q.scalar_type() == torch::kBFloat16 ? kernels::flash::FlashDtype::kBFloat16
+                                                : kernels::flash::FlashDtype::kFloat32;
+  p.batch_size = q.size(0), p.num_heads_q = q.size(1), p.num_heads_kv = k.size(1);
+  p.seq_len_q = q.size(2), p.seq_len_kv = k.size(2), p.head_dim = q.size(3);
+  p.head_dim_v = v.size(3), p.num_keys = indices.size(3);
+  p.q = q.data_ptr();
+  p.q_stride_b = q.stride(0), p.q_stride_h = q.stride(1), p.q_stride_t = q.stride(2),
+  p.q_stride_d = q.stride(3);
+  p.k = k.data_ptr();
+  p.k_stride_b = k.stride(0), p.k_stride_h = k.stride(1), p.k_stride_t = k.stride(2),
+  p.k_stride_d = k.stride(3);
+  p.v = v.data_ptr();
+  p.v_stride_b = v.stride(0), p.v_stride_h = v.stride(1), p.v_stride_t = v.stride(2),
+  p.v_stride_d = v.stride(3);
+  prep.indices = indices.to(torch::kLong).contiguous();
+  p.indices = prep.indices.data_ptr<int64_t>();
+  if (weights.defined()) {
+    prep.weights = weights.detach().to(torch::kFloat).contiguous();
+    p.maybe_weights = prep.weights.data_ptr<float>();
+  }
+  p.scale = static_cast<float>(o.scale().value_or(1.0 / std::sqrt(static_cast<double>(q.size(3)))));
+  return prep;
+}
+
+GatherAttentionResult forward_op(const torch::Tensor& q,
+                                 const torch::Tensor& k,
+                                 const torch::Tensor& v,
+                                 const torch::Tensor& indices,
+                                 const torch::Tensor& weights,
+                                 const GatherAttentionOptions& o) {
+  GatherAttentionResult r;
+  r.output = torch::zeros({q.size(0), q.size(1), q.size(2), v.size(3)}, q.options());
+  r.lse = torch::full({q.size(0), q.size(1), q.size(2)}, -std::numeric_limits<float>::infinity(),
+                      q.options().dtype(torch::kFloat));
+  if (r.output.numel() == 0 || indices.numel() == 0 || k.size(2) == 0) return r;
+  Prepared prep = prepare(q, k, v, indices, weights, o);
+  prep.params.out = r.output.data_ptr();
+  prep.params.lse = r.lse.data_ptr<float>();
+  kernels::gather::gather_forward(prep.params);
+  return r;
+}
+
+struct GatherConfig : torch::CustomClassHolder {
+  GatherAttentionOptions options;
+  torch::Tensor indices;
+};
+
+class GatherAttentionFunction : public torch::autograd::Function<GatherAttentionFunction> {
+ public:
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx,
+                                                torch::Tensor q,
+                                                torch::Tensor k,
+                                                torch::Tensor v,
+                                                torch::Tensor weights,
+                                                c10::intrusive_ptr<GatherConfig> config) {
+    torch::Tensor w = weights.numel() > 0 || weights.dim() == 4 ? weights : torch::Tensor();
+    GatherAttentionResult r = forward_op(q, k, v, config->indices, w, config->options);
+    ctx->save_for_backward({q, k, v, weights, r.output, r.lse});
+    ctx->saved_data["config"] = c10::IValue::make_capsule(config);
+    ctx->mark_non_differentiable({r.lse});
+    return {r.output, r.lse};
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grad_outputs) {
+    auto saved = ctx->get_saved_variables();
+    c10::intrusive_ptr<torch::CustomClassHolder> holder = ctx->saved_data["config"].toCapsule();
+    const auto* config = static_cast<const GatherConfig*>(holder.get());
+    const torch::Tensor &q = saved[0], &k = saved[1], &v = saved[2], &out = saved[4];
+    torch::Tensor w = saved[3].dim() == 4 ? saved[3] : torch::Tensor();
+    auto f32 = q.options().dtype(torch::kFloat);
+    torch::Tensor dq = torch::zeros(q.sizes(), f32), dk = torch::zeros(k.sizes(), f32);
+    torch::Tensor dv = torch::zeros(v.sizes(), f32), dw;
+    if (w.defined() && ctx->needs_input_grad(3)) dw = torch::zeros(w.sizes(), f32);
+    torch::Tensor dout = grad_outputs[0];
+    if (dout.defined() && q.numel() > 0 && config->indices.numel() > 0 && k.size(2) > 0) {
+      dout = dout.to(q.scalar_type()).contiguous();
+      Prepared prep = prepare(q, k, v, config->indices, w, config->options);
+      prep.params.out = out.data_ptr();
+      prep.params.lse = saved[5].data_ptr<float>();
+      GatherBackwardParams g;
+      g.dout = dout.data_ptr();
+      g.dq = dq.data_ptr<float>(), g.dk = dk.data_ptr<float>(), g.dv = dv.data_ptr<float>();
+      if (dw.defined()) g.maybe_dweights = dw.data_ptr<float>();
+      kernels::gather::gather_backward(prep.params, g);
+    }
+    return {dq.to(q.scalar_type()), dk.to(k.scalar_type()), dv.to(v.scalar_type()),
+            dw.defined() ? dw.to(w.scalar_type()) : torch::Tensor(), torch::Tensor()};
+  }
+};
+
+}  // namespace
+
+GatherAttentionResult gather_attention_reference(const torch::Tensor& q,
+                                                 const torch::Tensor& k,
+                                                 const torch::Tensor& v,
+                                                 const torch::Tensor& indices,
+                                                 const torch::Tensor& weights,
+                                                 const GatherAttentionOptions& o) {
+  check_gather_inputs("gather_attention_reference", q, k, v, indices, weights);
+  const int64_t B = q.size(0), Hq = q.size(1), Tq = q.size(2), D = q.size(3);
+  const int64_t Hkv = k.size(1), Tk = k.size(2), Dv = v.size(3), G = Hq / Hkv;
+  const int64_t K = indices.size(3);
+  const auto compute = q.scalar_type() == torch::kDouble ? torch::kDouble : torch::kFloat;
+  const double scale = o.scale().value_or(1.0 / std::sqrt(static_cast<double>(D)));
+  torch::Tensor idx = indices.to(torch::kLong);
+  torch::Tensor valid = idx >= 0;  // [B, Hkv, Tq, K]
+  torch::Tensor safe = idx.clamp_min(0);
+  // Gathered keys and values: [B, Hkv, Tq, K, D].
+  torch::Tensor kg = k.to(compute)
+                         .unsqueeze(2)
+                         .expand({B, Hkv, Tq, Tk, D})
+                         .gather(3, safe.unsqueeze(-1).expand({B, Hkv, Tq, K, D}));
+  torch::Tensor vg = v.to(compute)
+                         .unsqueeze(2)
+                         .expand({B, Hkv, Tq, Tk, Dv})
+                         .gather(3, safe.unsqueeze(-1).expand({B, Hkv, Tq, K, Dv}));
+  torch::Tensor qg = q.to(compute).reshape({B, Hkv, G, Tq, D});
+  torch::Tensor s = torch::einsum("bhgtd,bhtkd->bhgtk", {qg, kg}) * scale;  // [B,Hkv,G,Tq,K]
+  torch::Tensor w = weights.defined() ? weights.to(compute) : torch::ones_like(s.select(2, 0));
+  torch::Tensor usable = (valid & (w > 0)).unsqueeze(2).expand_as(s);
+  s = s.masked_fill(usable.logical_not(), -std::numeric_limits<double>::infinity());
+  torch::Tensor m = std::get<0>(s.detach().max(-1, /*keepdim=*/true));
+  m = m.masked_fill(m == -std::numeric_limits<double>::infinity(), 0.0);
+  torch::Tensor e = torch::exp(s - m) * w.unsqueeze(2);  // w_j exp(s_j - m)
+  torch::Tensor z = e.sum(-1, /*keepdim=*/true);
+  torch::Tensor p = e / torch::where(z > 0, z, torch::ones_like(z));
+  torch::Tensor out = torch::einsum("bhgtk,bhtkd->bhgtd", {p, vg});
+  GatherAttentionResult r;
+  r.output = out.reshape({B, Hq, Tq, Dv}).to(q.scalar_type());
+  r.lse = (m + torch::log(z)).squeeze(-1).reshape({B, Hq, Tq});
+  return r;
+}
+
+GatherAttentionResult gather_attention(const torch::Tensor& q,
+                                       const torch::Tensor& k,
+                                       const torch::Tensor& v,
+                                       const torch::Tensor& indices,
+                                       const torch::Tensor& weights,
+                                       const GatherAttentionOptions& o) {
+  check_gather_inputs("gather_attention", q, k, v, indices, weights);
+  const bool fused = fused_backend_selected() && q.device().is_cpu() &&
+                     (q.scalar_type() == torch::kFloat || q.scalar_type() == torch::kBFloat16);
+  if (!fused) return gather_attention_reference(q, k, v, indices, weights, o);
+  auto config = c10::make_intrusive<GatherConfig>();
+  config->options = o;
+  config->indices = indices.to(torch::kLong).contiguous();
+  // Function::apply cannot take an undefined tensor (LibTorch 1.13): an empty placeholder.
+  torch::Tensor w = weights.defined() ? weights : torch::empty({0});
+  auto r = GatherAttentionFunction::apply(q, k, v, w, config);
+  return GatherAttentionResult{r[0], r[1]};
+}
+
+}  // namespace functional
+}  // namespace attnkit

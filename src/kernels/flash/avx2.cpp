@@ -1,0 +1,39 @@
+// AVX2 + FMA path of the flash kernels (compiled with -mavx2 -mfma via
+// set_source_files_properties; nothing else in the library is).
+
+#include "kernels/flash/common.h"
+#include "kernels/flash/kernel.h"
+
+#include <ATen/Parallel.h>
+#include <c10/util/Exception.h>
+
+#include <immintrin.h>
+
+#include <cstdlib>
+#include <memory>
+#include <vector>
+
+namespace attnkit {
+namespace kernels {
+namespace flash {
+namespace avx2 {
+namespace {
+
+#include "kernels/flash/vec_avx2.h"
+
+#include "kernels/flash/forward_impl.h"
+// The backward uses the forward's helpers: keep it second.
+#include "kernels/flash/backward_impl.h"
+
+}  // namespace
+
+void flash_forward(const FlashParams& params) { forward_impl(params); }
+
+void flash_backward(const FlashParams& params, const FlashBackwardParams& grads) {
+  backward_impl(params, grads);
+}
+
+}  // namespace avx2
+}  // namespace flash
+}  // namespace kernels
+}  // namespace attnkit

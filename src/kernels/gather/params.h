@@ -1,0 +1,63 @@
+#pragma once
+// Parameters of the gather attention kernels: every query attends to its own list of keys.
+// Legend: B batch, Hq / Hkv query / kv heads (G = Hq / Hkv), Tq queries, Tkv keys, K keys per
+// query (index -1 = unused slot), D / Dv head dims. Indices and weights are per kv head, shared
+// by the G query heads of the group, which is what lets one key load serve all of them.
+
+#include <cstdint>
+
+#include "kernels/flash/params.h"
+
+namespace attnkit {
+namespace kernels {
+namespace gather {
+
+using flash::FlashDtype;
+
+struct GatherParams {
+  FlashDtype dtype = FlashDtype::kFloat32;
+  int64_t batch_size = 0, num_heads_q = 0, num_heads_kv = 0, seq_len_q = 0, seq_len_kv = 0;
+  int64_t head_dim = 0, head_dim_v = 0, num_keys = 0;
+  // q: [B, Hq, Tq, D], k: [B, Hkv, Tkv, D], v: [B, Hkv, Tkv, Dv], out: [B, Hq, Tq, Dv]
+  const void* q = nullptr;
+  int64_t q_stride_b = 0, q_stride_h = 0, q_stride_t = 0, q_stride_d = 1;
+  const void* k = nullptr;
+  int64_t k_stride_b = 0, k_stride_h = 0, k_stride_t = 0, k_stride_d = 1;
+  const void* v = nullptr;
+  int64_t v_stride_b = 0, v_stride_h = 0, v_stride_t = 0, v_stride_d = 1;
+  void* out = nullptr;   // contiguous
+  float* lse = nullptr;  // [B, Hq, Tq] contiguous
+  // indices: [B, Hkv, Tq, K] int64 contiguous, -1 = unused
+  const int64_t* indices = nullptr;
+  // weights: [B, Hkv, Tq, K] fp32 contiguous, multiplies key j's softmax numerator
+  const float* maybe_weights = nullptr;
+  float scale = 1.0f;
+};
+
+struct GatherBackwardParams {
+  const void* dout = nullptr;       // [B, Hq, Tq, Dv] contiguous, dtype of q
+  float* dq = nullptr;              // [B, Hq, Tq, D] fp32 contiguous
+  float* dk = nullptr;              // [B, Hkv, Tkv, D]
+  float* dv = nullptr;              // [B, Hkv, Tkv, Dv]
+  float* maybe_dweights = nullptr;  // [B, Hkv, Tq, K]
+};
+
+/// Entry points: the ISA path of flash::selected_capability() (dispatch.cpp).
+void gather_forward(const GatherParams& p);
+void gather_backward(const GatherParams& p, const GatherBackwardParams& g);
+
+// Per-ISA implementations.
+void gather_forward_reference(const GatherParams& p);
+void gather_backward_reference(const GatherParams& p, const GatherBackwardParams& g);
+namespace avx2 {
+void gather_forward(const GatherParams& p);
+void gather_backward(const GatherParams& p, const GatherBackwardParams& g);
+}  // namespace avx2
+namespace avx512 {
+void gather_forward(const GatherParams& p);
+void gather_backward(const GatherParams& p, const GatherBackwardParams& g);
+}  // namespace avx512
+
+}  // namespace gather
+}  // namespace kernels
+}  // namespace attnkit

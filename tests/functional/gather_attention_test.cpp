@@ -1,0 +1,105 @@
+// gather_attention against its composed reference, forward and backward.
+
+#include "support/pch.h"
+#include "support/tolerance.h"
+
+namespace attnkit {
+namespace {
+
+using namespace functional;  // NOLINT
+
+struct GatherInputs {
+  torch::Tensor q, k, v, idx, w;
+};
+
+GatherInputs make(int64_t B,
+                  int64_t Hq,
+                  int64_t Hkv,
+                  int64_t Tq,
+                  int64_t Tk,
+                  int64_t D,
+                  int64_t Dv,
+                  int64_t K,
+                  torch::ScalarType dtype) {
+  torch::manual_seed(5);
+  GatherInputs in;
+  in.q = torch::randn({B, Hq, Tq, D}).to(dtype);
+  in.k = torch::randn({B, Hkv, Tk, D}).to(dtype);
+  in.v = torch::randn({B, Hkv, Tk, Dv}).to(dtype);
+  in.idx = torch::randint(0, Tk, {B, Hkv, Tq, K});
+  // unused slots, and one query (row 1) with none at all
+  in.idx.masked_fill_(torch::rand({B, Hkv, Tq, K}) < 0.2, -1);
+  in.idx.select(2, 1).fill_(-1);
+  in.w = torch::rand({B, Hkv, Tq, K}) + 0.1;
+  return in;
+}
+
+TEST(GatherAttention, ForwardMatchesReference) {
+  for (auto dtype : {torch::kFloat, torch::kBFloat16}) {
+    GatherInputs in = make(2, 4, 2, 9, 50, 40, 24, 12, dtype);
+    for (bool weighted : {false, true}) {
+      torch::Tensor w = weighted ? in.w : torch::Tensor();
+      for (const char* isa : testing::isa_paths()) {
+        SCOPED_TRACE(isa);
+        testing::EnvGuard guard("ATTNKIT_CPU_CAPABILITY", isa);
+        auto r = gather_attention(in.q, in.k, in.v, in.idx, w);
+        auto e = gather_attention_reference(in.q.to(torch::kDouble), in.k.to(torch::kDouble),
+                                            in.v.to(torch::kDouble), in.idx,
+                                            weighted ? w.to(torch::kDouble) : w);
+        const testing::Tolerance tol = testing::tolerance_for(dtype);
+        EXPECT_TRUE(torch::allclose(r.output.to(torch::kDouble), e.output, tol.rtol, tol.atol));
+        EXPECT_TRUE(torch::equal(r.output.select(2, 1), torch::zeros_like(r.output.select(2, 1))));
+        EXPECT_TRUE(torch::isneginf(r.lse.select(2, 1)).all().item<bool>());
+        EXPECT_FALSE(r.output.isnan().any().item<bool>());
+      }
+    }
+  }
+}
+
+TEST(GatherAttention, GradientsMatchAutogradThroughTheReference) {
+  GatherInputs in = make(2, 4, 2, 7, 30, 40, 24, 21, torch::kFloat);
+  torch::Tensor dout = torch::randn({2, 4, 7, 24});
+  auto run = [&](bool fused) {
+    auto dt = fused ? torch::kFloat : torch::kDouble;
+    torch::Tensor q = in.q.to(dt).detach().requires_grad_(true),
+                  k = in.k.to(dt).detach().requires_grad_(true);
+    torch::Tensor v = in.v.to(dt).detach().requires_grad_(true),
+                  w = in.w.to(dt).detach().requires_grad_(true);
+    torch::Tensor out = fused ? gather_attention(q, k, v, in.idx, w).output
+                              : gather_attention_reference(q, k, v, in.idx, w).output;
+    (out.to(torch::kDouble) * dout.to(torch::kDouble)).sum().backward();
+    return std::vector<torch::Tensor>{q.grad(), k.grad(), v.grad(), w.grad()};
+  };
+  auto expected = run(false);
+  for (const char* isa : testing::isa_paths()) {
+    SCOPED_TRACE(isa);
+    testing::EnvGuard guard("ATTNKIT_CPU_CAPABILITY", isa);
+    auto got = run(true);
+    for (size_t n = 0; n < got.size(); ++n) {
+      EXPECT_TRUE(torch::allclose(got[n].to(torch::kDouble), expected[n], 1e-4, 1e-4))
+          << n << " max abs diff "
+          << (got[n].to(torch::kDouble) - expected[n]).abs().max().item<double>();
+    }
+  }
+}
+
+TEST(GatherAttention, DenseIndicesEqualFullAttention) {
+  GatherInputs in = make(1, 2, 1, 5, 5, 16, 16, 5, torch::kFloat);
+  torch::Tensor all = torch::arange(5).view({1, 1, 1, 5}).expand({1, 1, 5, 5});
+  auto g = gather_attention(in.q, in.k, in.v, all);
+  auto f = flex_attention(in.q, in.k, in.v);
+  EXPECT_TRUE(torch::allclose(g.output, f.output, 1e-5, 1e-5));
+}
+
+TEST(GatherAttention, ErrorsNameArgumentAndValues) {
+  GatherInputs in = make(1, 2, 1, 5, 5, 16, 16, 3, torch::kFloat);
+  EXPECT_THAT([&] { gather_attention(in.q, in.k, in.v, in.idx + 10); },
+              ::testing::ThrowsMessage<c10::Error>(::testing::HasSubstr(
+                  "gather_attention: expected indices in [-1, Tk) = [-1, 5)")));
+  EXPECT_THAT([&] { gather_attention(in.q, in.k, in.v, in.idx.squeeze(0)); },
+              ::testing::ThrowsMessage<c10::Error>(
+                  ::testing::HasSubstr("expected indices of shape [B, Hkv, Tq, K]")));
+}
+
+}  // namespace
+}  // namespace attnkit
