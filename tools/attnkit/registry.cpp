@@ -83,7 +83,7 @@ std::vector<Mechanism> make_table() {
       {"minimax",
        "MiniMaxSparseAttention",
        "GQA over the top 4 key blocks of 16 per group, picked by an index branch",
-       {"MiniMax", 2026, "MiniMax Sparse Attention (MSA), block-sparse GQA of MiniMax-M3"},
+       {"MiniMax", 2026, "MiniMax Sparse Attention (MSA)"},
        [](const MechanismConfig& c) {
          return as_attention(MiniMaxSparseAttention(
              MiniMaxSparseAttentionOptions(c.dim, c.num_heads, c.num_kv_heads)
