@@ -36,6 +36,11 @@ std::string shape_text(const std::vector<int64_t>& shape) {
   return s.str();
 }
 
+/// "slots [2, 8, 256]", or just the shape when the tensor has no name.
+std::string named_shape(const std::string& name, const std::vector<int64_t>& shape) {
+  return name.empty() ? shape_text(shape) : name + " " + shape_text(shape);
+}
+
 std::string join(const std::vector<std::string>& parts, const std::string& separator) {
   std::string text;
   for (const std::string& part : parts) text += (text.empty() ? "" : separator) + part;
@@ -106,8 +111,8 @@ int run_one(const std::string& name, const MeasureOptions& options, std::ostream
       {"module", m.module_text},
       {"shape", shape_summary(options)},
       {"machine", machine_summary()},
-      {"input", shape_text(m.input_shape)},
-      {"output", shape_text(m.output_shape)},
+      {"input", named_shape(m.input_name, m.input_shape)},
+      {"output", named_shape(m.output_name, m.output_shape)},
       {"parameters", grouped(m.num_parameters)},
       {"forward", fixed(m.forward_ms, 3) + " ms" + repeats + ", no autograd"},
       {"backward", fixed(m.backward_ms, 3) + " ms" + repeats + ", backward() alone"},
@@ -118,6 +123,8 @@ int run_one(const std::string& name, const MeasureOptions& options, std::ostream
     std::ostringstream diff;
     diff << std::scientific << std::setprecision(2) << m.decode_max_abs_diff;
     lines.push_back({"decode check", "max |decode - full forward| = " + diff.str()});
+  } else if (m.set_to_set) {
+    lines.push_back({"decode", "no (set-to-set)"});
   } else {
     lines.push_back({"decode", options.config.causal ? "no" : "no (non-causal)"});
   }

@@ -1,10 +1,12 @@
-// attnkit: the command-line tool. Parses the arguments, sets the thread count, warns about a slow
-// BLAS, runs one subcommand, and turns every error into one line on stderr and exit code 2.
+// attnkit: the command-line tool (list, run, tour, viz). Parses the arguments, sets the thread
+// count, warns about a slow BLAS, runs one subcommand, and turns every error into one line on
+// stderr and exit code 2.
 
 #include "blas_check.h"
 #include "commands.h"
 #include "measure.h"
 #include "registry.h"
+#include "viz.h"
 
 #include <torch/torch.h>
 
@@ -55,7 +57,8 @@ struct ShapeArgs {
   int repeats = 5;
 };
 
-void add_shape_options(CLI::App* command, ShapeArgs& args) {
+/// The model and input shape: run, tour and viz.
+void add_model_options(CLI::App* command, ShapeArgs& args) {
   command->add_option("--batch", args.batch_size, "Batch size")
       ->check(kPositive)
       ->capture_default_str();
@@ -71,6 +74,11 @@ void add_shape_options(CLI::App* command, ShapeArgs& args) {
       ->capture_default_str();
   command->add_flag("--causal,!--no-causal", args.causal,
                     "Causal masking, needed for decoding (default: causal)");
+}
+
+/// The shape plus dtype and repetitions: run and tour.
+void add_shape_options(CLI::App* command, ShapeArgs& args) {
+  add_model_options(command, args);
   command->add_option("--dtype", args.dtype, "Parameter and input dtype")
       ->check(CLI::IsMember({"float32", "float64"}))
       ->capture_default_str();
@@ -79,12 +87,19 @@ void add_shape_options(CLI::App* command, ShapeArgs& args) {
       ->capture_default_str();
 }
 
+attnkit::cli::MechanismConfig to_config(const ShapeArgs& args) {
+  attnkit::cli::MechanismConfig config;
+  config.dim = args.dim;
+  config.num_heads = args.num_heads;
+  config.num_kv_heads = args.num_kv_heads;
+  config.causal = args.causal;
+  config.seq_len = args.seq_len;
+  return config;
+}
+
 attnkit::cli::MeasureOptions to_measure_options(const ShapeArgs& args, uint64_t seed) {
   attnkit::cli::MeasureOptions options;
-  options.config.dim = args.dim;
-  options.config.num_heads = args.num_heads;
-  options.config.num_kv_heads = args.num_kv_heads;
-  options.config.causal = args.causal;
+  options.config = to_config(args);
   options.batch_size = args.batch_size;
   options.seq_len = args.seq_len;
   options.dtype = attnkit::cli::parse_dtype(args.dtype);
@@ -121,6 +136,21 @@ int main(int argc, char** argv) {
   CLI::App* tour = app.add_subcommand("tour", "Every mechanism on one shape, as one table");
   add_shape_options(tour, args);
 
+  ShapeArgs viz_args;
+  viz_args.batch_size = 1;
+  viz_args.seq_len = 64;
+  attnkit::cli::VizOptions viz_options;
+  CLI::App* viz = app.add_subcommand(
+      "viz", "Draw which keys each query sees (attention weights) as a PNG picture");
+  viz->add_option("name", name, "Sequence mechanism name or class name (see `attnkit list`)")
+      ->required();
+  add_model_options(viz, viz_args);
+  viz->add_option("--out", viz_options.out, "PNG file to write")->required();
+  viz->add_flag("--binary", viz_options.binary,
+                "Black for every visible key instead of grey levels by weight");
+  viz->add_flag("--grid", viz_options.grid,
+                "A 1-px grid between the cells (when a cell is 4 px or more)");
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -134,6 +164,13 @@ int main(int argc, char** argv) {
     if (!warning.empty()) std::cerr << warning << std::endl;
 
     if (app.got_subcommand("list")) return attnkit::cli::run_list(std::cout);
+    if (app.got_subcommand("viz")) {
+      viz_options.config = to_config(viz_args);
+      viz_options.batch_size = viz_args.batch_size;
+      viz_options.seq_len = viz_args.seq_len;
+      viz_options.seed = seed;
+      return attnkit::cli::run_viz(name, viz_options, std::cout);
+    }
     const attnkit::cli::MeasureOptions options = to_measure_options(args, seed);
     if (app.got_subcommand("run")) return attnkit::cli::run_one(name, options, std::cout);
     std::string error;

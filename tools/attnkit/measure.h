@@ -27,6 +27,9 @@ struct MeasureOptions {
 struct Measurement {
   /// The module's pretty_print: every option.
   std::string module_text;
+  /// What the input and output are called: empty for sequence mechanisms (x and y), "inputs" and
+  /// "slots" for slot attention, ...
+  std::string input_name, output_name;
   std::vector<int64_t> input_shape;
   std::vector<int64_t> output_shape;
   int64_t num_parameters = 0;
@@ -35,6 +38,8 @@ struct Measurement {
   /// Median over the repeats of `backward()` alone, after a forward that records the graph
   /// (gradients of the parameters and of x).
   double backward_ms = 0;
+  /// A set-to-set module (never decodes).
+  bool set_to_set = false;
   bool supports_decoding = false;
   /// DecodeState::bytes() / length() after prefilling seq_len - 1 tokens of one sequence and
   /// decoding one more; -1 without decoding.

@@ -16,7 +16,13 @@ std::string lower(std::string text) {
   return text;
 }
 
-// The table. Keep one entry per mechanism, in the order of reference/mechanisms.md.
+// Slots and objects of the set-to-set entries.
+constexpr int64_t kNumSlots = 8;
+
+// The table: one entry per mechanism, the dense family first, then in the order of
+// reference/mechanisms.md. Sequence mechanisms return an Attention, set-to-set ones a SetModule.
+// The sparse settings suit the tour's seq 256 (block sizes dividing it, top_k well below it) and
+// stay valid for any seq.
 std::vector<Mechanism> make_table() {
   return {
       {"standard",
@@ -53,6 +59,104 @@ std::vector<Mechanism> make_table() {
          return as_attention(MultiHeadLatentAttention(
              MultiHeadLatentAttentionOptions(c.dim, c.num_heads).causal(c.causal)));
        }},
+      {"bigbird",
+       "BigBirdAttention",
+       "blocks of 16 see 1 global, 3 window and 1 random block",
+       {"Zaheer et al.", 2020, "Big Bird: Transformers for Longer Sequences"},
+       [](const MechanismConfig& c) {
+         return as_attention(BigBirdAttention(BigBirdAttentionOptions(c.dim, c.num_heads)
+                                                  .block_size(16)
+                                                  .num_global_blocks(1)
+                                                  .num_window_blocks(3)
+                                                  .num_random_blocks(1)
+                                                  .causal(c.causal)));
+       }},
+      {"dsa",
+       "DeepSeekSparseAttention",
+       "a lightning indexer picks the top 32 keys per query",
+       {"DeepSeek-AI", 2025,
+        "DeepSeek-V3.2-Exp: Boosting Long-Context Efficiency with DeepSeek Sparse Attention"},
+       [](const MechanismConfig& c) {
+         return as_attention(DeepSeekSparseAttention(
+             DeepSeekSparseAttentionOptions(c.dim, c.num_heads).top_k(32).causal(c.causal)));
+       }},
+      {"minimax",
+       "MiniMaxSparseAttention",
+       "GQA over the top 4 key blocks of 16 per group, picked by an index branch",
+       {"MiniMax", 2026, "MiniMax Sparse Attention (MSA)"},
+       [](const MechanismConfig& c) {
+         return as_attention(MiniMaxSparseAttention(
+             MiniMaxSparseAttentionOptions(c.dim, c.num_heads, c.num_kv_heads)
+                 .block_size(16)
+                 .top_k(4)
+                 .causal(c.causal)));
+       }},
+      {"hca",
+       "HeavilyCompressedAttention",
+       "every 8 tokens pooled into one shared KV entry, plus a 16-token raw window",
+       {"DeepSeek-AI", 2026, "DeepSeek-V4 (heavily compressed attention, HCA)"},
+       [](const MechanismConfig& c) {
+         return as_attention(HeavilyCompressedAttention(
+             HeavilyCompressedAttentionOptions(c.dim, c.num_heads).compression_rate(8).window(16)));
+       }},
+      {"csa",
+       "CompressedSparseAttention",
+       "overlapped 4-token compression, top 8 entries by an indexer, plus a 16-token window",
+       {"DeepSeek-AI", 2026, "DeepSeek-V4 (compressed sparse attention, CSA)"},
+       [](const MechanismConfig& c) {
+         return as_attention(
+             CompressedSparseAttention(CompressedSparseAttentionOptions(c.dim, c.num_heads)
+                                           .compression_rate(4)
+                                           .top_k(8)
+                                           .window(16)));
+       }},
+      {"delta",
+       "DeltaAttention",
+       "32-token window + 4 sinks, corrected by dense attention every 16th query",
+       {"Willette et al.", 2025,
+        "Delta Attention: Fast and Accurate Sparse Attention Inference by Delta Correction"},
+       [](const MechanismConfig& c) {
+         return as_attention(DeltaAttention(
+             DeltaAttentionOptions(c.dim, c.num_heads).window(32).sink(4).stride(16)));
+       }},
+      {"diff",
+       "DifferentialAttention",
+       "each head subtracts a second softmax map, scaled by a learned lambda",
+       {"Ye et al.", 2024, "Differential Transformer"},
+       [](const MechanismConfig& c) {
+         return as_attention(DifferentialAttention(
+             DifferentialAttentionOptions(c.dim, c.num_heads).causal(c.causal)));
+       }},
+      {"slot",
+       "SlotAttention",
+       "set to set: 8 slots compete for the N inputs, refined 3 times by a GRU",
+       {"Locatello et al.", 2020, "Object-Centric Learning with Slot Attention"},
+       [](const MechanismConfig& c) {
+         SlotAttention slots(SlotAttentionOptions(c.dim, kNumSlots));
+         return SetModule{slots.ptr(),
+                          "inputs",
+                          {c.seq_len, c.dim},
+                          "slots",
+                          [slots](const torch::Tensor& x) mutable { return slots(x); }};
+       }},
+      {"cjepa",
+       "CausalJEPAAttention",
+       "set to set: rebuilds masked objects and the next frame of 8-object slot histories",
+       {"Nam et al.", 2026,
+        "Causal-JEPA: Learning World Models through Object-Level Latent Masking"},
+       [](const MechanismConfig& c) {
+         // (history + 1 predicted frame) x 8 objects is about seq / 4 tokens: six blocks with
+         // a 4 * dim MLP over seq tokens would take longer than the rest of the tour.
+         const int64_t history = std::max<int64_t>(1, c.seq_len / (4 * kNumSlots) - 1);
+         CausalJEPAAttention predictor(
+             CausalJEPAAttentionOptions(c.dim, c.num_heads, kNumSlots, history).pred_frames(1));
+         return SetModule{
+             predictor.ptr(),
+             "slots",
+             {history, kNumSlots, c.dim},
+             "predictions",
+             [predictor](const torch::Tensor& x) mutable { return predictor(x).pred; }};
+       }},
   };
 }
 
@@ -60,6 +164,17 @@ std::vector<Mechanism> make_table() {
 
 std::string to_string(const Paper& paper) {
   return paper.authors + ", " + std::to_string(paper.year) + ", \"" + paper.title + "\"";
+}
+
+Attention Mechanism::build_sequence(const MechanismConfig& config) const {
+  if (const auto* factory = std::get_if<SequenceFactory>(&build)) return (*factory)(config);
+  throw std::invalid_argument(name + " (" + class_name +
+                              ") is set-to-set, not a sequence-to-sequence mechanism");
+}
+
+SetModule Mechanism::build_set(const MechanismConfig& config) const {
+  if (const auto* factory = std::get_if<SetFactory>(&build)) return (*factory)(config);
+  throw std::invalid_argument(name + " (" + class_name + ") is not a set-to-set module");
 }
 
 const std::vector<Mechanism>& mechanisms() {
