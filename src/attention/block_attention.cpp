@@ -37,6 +37,8 @@ BlockAttentionImpl::BlockAttentionImpl(int64_t dim, int64_t num_heads)
 
 void BlockAttentionImpl::reset() {
   auto layers = detail::register_zoo_layers(*this, options.dim(), options.bias());
+  // Validates rope.dim against head_dim once, at construction.
+  if (options.rope()) rope_.emplace(*options.rope(), options.dim() / options.num_heads(), kName);
   q_proj = layers.q_proj;
   k_proj = layers.k_proj;
   v_proj = layers.v_proj;
@@ -54,7 +56,9 @@ void BlockAttentionImpl::pretty_print(std::ostream& stream) const {
   stream << "attnkit::BlockAttention(dim=" << o.dim() << ", num_heads=" << o.num_heads()
          << ", block_size=" << o.block_size() << ", overlap=" << detail::str(o.overlap())
          << ", temperature=" << o.temperature() << ", dropout=" << o.dropout()
-         << ", bias=" << detail::str(o.bias()) << ")";
+         << ", bias=" << detail::str(o.bias()) << ", rope=";
+  detail::print_rope(stream, o.rope());
+  stream << ")";
 }
 
 torch::Tensor BlockAttentionImpl::block_starts(int64_t seq_len) const {
@@ -88,8 +92,9 @@ AttentionOutput BlockAttentionImpl::run(const torch::Tensor& x,
   const auto& o = options;
   const int64_t B = x.size(0), T = x.size(1), H = o.num_heads();
   const double head_dim = static_cast<double>(o.dim() / H);
-  torch::Tensor q = detail::project_heads(q_proj, x, H);  // [B, H, T, hd]
-  torch::Tensor k = detail::project_heads(k_proj, x, H);
+  const RotaryEmbedding* rope = rope_ ? &*rope_ : nullptr;
+  torch::Tensor q = detail::apply_rope(rope, detail::project_heads(q_proj, x, H), 0);  // [B,H,T,hd]
+  torch::Tensor k = detail::apply_rope(rope, detail::project_heads(k_proj, x, H), 0);
   torch::Tensor v = detail::project_heads(v_proj, x, H);
 
   DotProductAttentionOptions base;

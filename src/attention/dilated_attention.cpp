@@ -31,6 +31,8 @@ DilatedAttentionImpl::DilatedAttentionImpl(int64_t dim, int64_t num_heads)
 
 void DilatedAttentionImpl::reset() {
   auto layers = detail::register_zoo_layers(*this, options.dim(), options.bias());
+  // Validates rope.dim against head_dim once, at construction.
+  if (options.rope()) rope_.emplace(*options.rope(), options.dim() / options.num_heads(), kName);
   q_proj = layers.q_proj;
   k_proj = layers.k_proj;
   v_proj = layers.v_proj;
@@ -47,7 +49,9 @@ void DilatedAttentionImpl::pretty_print(std::ostream& stream) const {
   const auto& o = options;
   stream << "attnkit::DilatedAttention(dim=" << o.dim() << ", num_heads=" << o.num_heads()
          << ", dilation_rate=" << o.dilation_rate() << ", temperature=" << o.temperature()
-         << ", dropout=" << o.dropout() << ", bias=" << detail::str(o.bias()) << ")";
+         << ", dropout=" << o.dropout() << ", bias=" << detail::str(o.bias()) << ", rope=";
+  detail::print_rope(stream, o.rope());
+  stream << ")";
 }
 
 torch::Tensor DilatedAttentionImpl::keep_mask(int64_t seq_len) const {
@@ -68,7 +72,7 @@ AttentionOutput DilatedAttentionImpl::run(const torch::Tensor& x,
   attn.scale(1.0 / (std::sqrt(head_dim) * o.temperature()))
       .dropout(is_training() ? o.dropout() : 0.0);
   if (o.dilation_rate() > 1) attn.mask(keep_mask(x.size(1)).to(x.device()));
-  detail::ZooLayers layers{q_proj, k_proj, v_proj, o_proj};
+  detail::ZooLayers layers{q_proj, k_proj, v_proj, o_proj, rope_ ? &*rope_ : nullptr};
   return detail::zoo_attention(kName, layers, o.num_heads(), x, attn_mask, attn, nullptr,
                                need_weights);
 }

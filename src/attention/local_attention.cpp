@@ -30,6 +30,8 @@ LocalAttentionImpl::LocalAttentionImpl(int64_t dim, int64_t num_heads)
 
 void LocalAttentionImpl::reset() {
   auto layers = detail::register_zoo_layers(*this, options.dim(), options.bias());
+  // Validates rope.dim against head_dim once, at construction.
+  if (options.rope()) rope_.emplace(*options.rope(), options.dim() / options.num_heads(), kName);
   q_proj = layers.q_proj;
   k_proj = layers.k_proj;
   v_proj = layers.v_proj;
@@ -47,7 +49,9 @@ void LocalAttentionImpl::pretty_print(std::ostream& stream) const {
   stream << "attnkit::LocalAttention(dim=" << o.dim() << ", num_heads=" << o.num_heads()
          << ", window_size=" << o.window_size() << ", causal=" << detail::str(o.causal())
          << ", temperature=" << o.temperature() << ", dropout=" << o.dropout()
-         << ", bias=" << detail::str(o.bias()) << ")";
+         << ", bias=" << detail::str(o.bias()) << ", rope=";
+  detail::print_rope(stream, o.rope());
+  stream << ")";
 }
 
 torch::Tensor LocalAttentionImpl::keep_mask(int64_t seq_len) const {
@@ -76,7 +80,7 @@ AttentionOutput LocalAttentionImpl::run(const torch::Tensor& x,
       .window_left(half)
       .dropout(is_training() ? o.dropout() : 0.0);
   if (!o.causal()) attn.window_right(half);
-  detail::ZooLayers layers{q_proj, k_proj, v_proj, o_proj};
+  detail::ZooLayers layers{q_proj, k_proj, v_proj, o_proj, rope_ ? &*rope_ : nullptr};
   return detail::zoo_attention(kName, layers, o.num_heads(), x, attn_mask, attn, state,
                                need_weights, /*cache_window=*/half);
 }

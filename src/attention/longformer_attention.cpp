@@ -33,6 +33,8 @@ LongformerAttentionImpl::LongformerAttentionImpl(int64_t dim, int64_t num_heads)
 
 void LongformerAttentionImpl::reset() {
   auto layers = detail::register_zoo_layers(*this, options.dim(), options.bias());
+  // Validates rope.dim against head_dim once, at construction.
+  if (options.rope()) rope_.emplace(*options.rope(), options.dim() / options.num_heads(), kName);
   q_proj = layers.q_proj;
   k_proj = layers.k_proj;
   v_proj = layers.v_proj;
@@ -53,7 +55,9 @@ void LongformerAttentionImpl::pretty_print(std::ostream& stream) const {
     stream << (i ? ", " : "") << o.global_positions()[i];
   }
   stream << "], temperature=" << o.temperature() << ", dropout=" << o.dropout()
-         << ", bias=" << detail::str(o.bias()) << ")";
+         << ", bias=" << detail::str(o.bias()) << ", rope=";
+  detail::print_rope(stream, o.rope());
+  stream << ")";
 }
 
 torch::Tensor LongformerAttentionImpl::keep_mask(int64_t seq_len) const {
@@ -96,7 +100,7 @@ AttentionOutput LongformerAttentionImpl::run(const torch::Tensor& x,
   attn.scale(1.0 / (std::sqrt(head_dim) * o.temperature()))
       .dropout(is_training() ? o.dropout() : 0.0)
       .mask(keep);
-  detail::ZooLayers layers{q_proj, k_proj, v_proj, o_proj};
+  detail::ZooLayers layers{q_proj, k_proj, v_proj, o_proj, rope_ ? &*rope_ : nullptr};
   return detail::zoo_attention(kName, layers, o.num_heads(), x, attn_mask, attn, nullptr,
                                need_weights);
 }

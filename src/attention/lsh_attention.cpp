@@ -34,6 +34,8 @@ LSHAttentionImpl::LSHAttentionImpl(int64_t dim, int64_t num_heads)
 
 void LSHAttentionImpl::reset() {
   auto layers = detail::register_zoo_layers(*this, options.dim(), options.bias());
+  // Validates rope.dim against head_dim once, at construction.
+  if (options.rope()) rope_.emplace(*options.rope(), options.dim() / options.num_heads(), kName);
   q_proj = layers.q_proj;
   k_proj = layers.k_proj;
   v_proj = layers.v_proj;
@@ -51,7 +53,9 @@ void LSHAttentionImpl::pretty_print(std::ostream& stream) const {
   stream << "attnkit::LSHAttention(dim=" << o.dim() << ", num_heads=" << o.num_heads()
          << ", bucket_size=" << o.bucket_size() << ", num_hashes=" << o.num_hashes()
          << ", seed=" << o.seed() << ", temperature=" << o.temperature()
-         << ", dropout=" << o.dropout() << ", bias=" << detail::str(o.bias()) << ")";
+         << ", dropout=" << o.dropout() << ", bias=" << detail::str(o.bias()) << ", rope=";
+  detail::print_rope(stream, o.rope());
+  stream << ")";
 }
 
 torch::Tensor LSHAttentionImpl::rotations(int64_t seq_len) const {
@@ -78,7 +82,8 @@ torch::Tensor LSHAttentionImpl::hash(const torch::Tensor& q) const {
 
 torch::Tensor LSHAttentionImpl::buckets(const torch::Tensor& x) {
   detail::check_sequence_input(kName, x, options.dim(), q_proj->weight);
-  return hash(detail::project_heads(q_proj, x, options.num_heads()));
+  const RotaryEmbedding* rope = rope_ ? &*rope_ : nullptr;
+  return hash(detail::apply_rope(rope, detail::project_heads(q_proj, x, options.num_heads()), 0));
 }
 
 AttentionOutput LSHAttentionImpl::run(const torch::Tensor& x,
@@ -88,8 +93,9 @@ AttentionOutput LSHAttentionImpl::run(const torch::Tensor& x,
   const auto& o = options;
   const int64_t B = x.size(0), T = x.size(1), H = o.num_heads();
   const double head_dim = static_cast<double>(o.dim() / H);
-  torch::Tensor q = detail::project_heads(q_proj, x, H);  // [B, H, T, hd]
-  torch::Tensor k = detail::project_heads(k_proj, x, H);
+  const RotaryEmbedding* rope = rope_ ? &*rope_ : nullptr;
+  torch::Tensor q = detail::apply_rope(rope, detail::project_heads(q_proj, x, H), 0);  // [B,H,T,hd]
+  torch::Tensor k = detail::apply_rope(rope, detail::project_heads(k_proj, x, H), 0);
   torch::Tensor v = detail::project_heads(v_proj, x, H);
   torch::Tensor bucket = hash(q);  // [R, B, H, T]
 

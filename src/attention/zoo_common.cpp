@@ -32,6 +32,19 @@ torch::Tensor project_heads(torch::nn::Linear layer, const torch::Tensor& x, int
   return y.view({B, T, heads, y.size(2) / heads}).transpose(1, 2);
 }
 
+torch::Tensor apply_rope(const RotaryEmbedding* rope, const torch::Tensor& heads, int64_t offset) {
+  if (!rope) return heads;
+  return rope->apply(heads.transpose(1, 2), offset).transpose(1, 2);  // apply takes [B, T, H, hd]
+}
+
+void print_rope(std::ostream& stream, const c10::optional<RopeOptions>& rope) {
+  if (rope) {
+    stream << *rope;
+  } else {
+    stream << "none";
+  }
+}
+
 torch::Tensor merge_heads(const torch::Tensor& heads) {
   const int64_t B = heads.size(0), H = heads.size(1), T = heads.size(2), hd = heads.size(3);
   return heads.transpose(1, 2).reshape({B, T, H * hd});
@@ -64,9 +77,10 @@ AttentionOutput zoo_attention(const std::string& mechanism,
                               bool need_weights,
                               int64_t cache_window) {
   const int64_t B = x.size(0), T = x.size(1), H = num_heads;
-  torch::Tensor q = project_heads(layers.q_proj, x, H);  // [B, H, T, hd]
-  torch::Tensor k = project_heads(layers.k_proj, x, H);
-  torch::Tensor v = project_heads(layers.v_proj, x, H);
+  const int64_t offset = state ? state->length() : 0;
+  torch::Tensor q = apply_rope(layers.rope, project_heads(layers.q_proj, x, H), offset);
+  torch::Tensor k = apply_rope(layers.rope, project_heads(layers.k_proj, x, H), offset);
+  torch::Tensor v = project_heads(layers.v_proj, x, H);  // q, k, v: [B, H, T, hd]
   if (state && cache_window < 0) {
     k = state->append("k", k, 2);  // [B, H, L, hd]
     v = state->append("v", v, 2);

@@ -5,6 +5,7 @@
 
 #include <attnkit/attention/attention.h>
 #include <attnkit/core/reference_attention.h>
+#include <attnkit/core/rope.h>
 
 #include <torch/nn/modules/linear.h>
 
@@ -13,10 +14,18 @@
 namespace attnkit {
 namespace detail {
 
-/// The four [dim, dim] projections of a multi-head module.
+/// The four [dim, dim] projections of a multi-head module, and its rotary embedding (null for
+/// none).
 struct ZooLayers {
   torch::nn::Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
+  const RotaryEmbedding* rope = nullptr;
 };
+
+/// Rotates heads [B, H, T, hd] at positions offset + t; returns them unchanged without rope.
+torch::Tensor apply_rope(const RotaryEmbedding* rope, const torch::Tensor& heads, int64_t offset);
+
+/// Prints an optional rope as its options or "none".
+void print_rope(std::ostream& stream, const c10::optional<RopeOptions>& rope);
 
 /// Registers q_proj, k_proj, v_proj, o_proj (each Linear(dim, dim)) on `module`.
 ZooLayers register_zoo_layers(torch::nn::Module& module, int64_t dim, bool bias);
@@ -41,10 +50,11 @@ void merge_attn_mask(const std::string& mechanism,
                      DotProductAttentionOptions& options);
 
 /// Multi-head softmax attention of x against itself (or, with `state`, against the cached keys
-/// and values plus this chunk): project, call functional::dot_product_attention with `options`
-/// (pattern mask, bias, window already set), merge the per-call attn_mask, project out.
-/// With a state and cache_window >= 0, only the last cache_window keys and values are kept
-/// between calls (a sliding-window cache); with cache_window < 0 the cache grows.
+/// and values plus this chunk): project, rotate q and k (at the state's offset), call
+/// functional::dot_product_attention with `options` (pattern mask, bias, window already set), merge
+/// the per-call attn_mask, project out. With a state and cache_window >= 0, only the last
+/// cache_window keys and values are kept between calls (a sliding-window cache); with cache_window
+/// < 0 the cache grows.
 AttentionOutput zoo_attention(const std::string& mechanism,
                               ZooLayers layers,
                               int64_t num_heads,

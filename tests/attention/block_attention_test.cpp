@@ -6,6 +6,7 @@
 
 #include "attention/zoo_naive.h"
 #include "support/contract.h"
+#include "support/naive.h"
 
 #include <cmath>
 #include <sstream>
@@ -35,6 +36,13 @@ ATTNKIT_CONTRACT_SUITE(
                        BlockAttentionOptions(24, 3).block_size(5).overlap(true).bias(true)));
                  },
                  false, true, 2, 13},
+    ContractCase{
+        "overlap_rope",
+        [] {
+          return as_attention(BlockAttention(
+              BlockAttentionOptions(32, 4).block_size(4).overlap(true).rope(RopeOptions())));
+        },
+        false},
     ContractCase{"defaults", [] { return as_attention(BlockAttention(16, 2)); }, false});
 
 // mechanisms.md 3 with the documented overlap rule, written per block: list the blocks
@@ -161,7 +169,7 @@ TEST(BlockAttention, ParametersAndPrint) {
   attn->pretty_print(s);
   EXPECT_EQ(s.str(),
             "attnkit::BlockAttention(dim=16, num_heads=2, block_size=64, overlap=false, "
-            "temperature=1, dropout=0, bias=false)");
+            "temperature=1, dropout=0, bias=false, rope=none)");
 }
 
 TEST(BlockAttention, ErrorsNameTheArgument) {
@@ -180,6 +188,25 @@ TEST(BlockAttention, ErrorsNameTheArgument) {
                        HasSubstr("dropout must be in [0, 1), got 2"));
   ATTNKIT_EXPECT_ERROR(BlockAttention(opts())->keep_masks(0),
                        HasSubstr("seq_len must be positive, got 0"));
+}
+
+// attzoo's rope=True (interleaved pairs, theta 10000) against a naive RoPE on q and k.
+TEST(BlockAttention, MatchesNaiveWithRope) {
+  torch::manual_seed(7);
+  BlockAttention attn(BlockAttentionOptions(32, 4).block_size(16).rope(
+      RopeOptions().style(RopeStyle::kInterleaved)));
+  torch::Tensor x = torch::randn({2, 10, 32});
+  auto expected = testing::naive_zoo_attention(
+      attn->q_proj, attn->k_proj, attn->v_proj, attn->o_proj, 4, 1.0 / std::sqrt(8.0), x,
+      [](int64_t, int64_t, int64_t i, int64_t j) { return true; }, {},
+      [](const torch::Tensor& t) { return testing::naive_rope_interleaved(t, 10000.0); });
+  EXPECT_LT(max_abs_diff(attn(x), expected.output), 1e-5);
+  BlockAttention plain(BlockAttentionOptions(32, 4).block_size(16));
+  testing::copy_parameters(*attn, *plain);
+  EXPECT_GT(max_abs_diff(plain(x), expected.output), 1e-3);  // the rotation matters
+  ATTNKIT_EXPECT_ERROR(
+      BlockAttention(BlockAttentionOptions(32, 4).block_size(16).rope(RopeOptions().dim(3))),
+      HasSubstr("BlockAttention"), HasSubstr("rope dim must be even, got 3"));
 }
 
 }  // namespace

@@ -6,6 +6,7 @@
 
 #include "attention/zoo_naive.h"
 #include "support/contract.h"
+#include "support/naive.h"
 
 #include <cmath>
 #include <sstream>
@@ -115,7 +116,7 @@ TEST(DilatedAttention, ParametersAndPrint) {
   attn->pretty_print(s);
   EXPECT_EQ(s.str(),
             "attnkit::DilatedAttention(dim=16, num_heads=2, dilation_rate=2, temperature=1, "
-            "dropout=0, bias=false)");
+            "dropout=0, bias=false, rope=none)");
 }
 
 TEST(DilatedAttention, ErrorsNameTheArgument) {
@@ -132,6 +133,25 @@ TEST(DilatedAttention, ErrorsNameTheArgument) {
                        HasSubstr("dropout must be in [0, 1), got -0.5"));
   ATTNKIT_EXPECT_ERROR(DilatedAttention(opts())->keep_mask(-1),
                        HasSubstr("seq_len must be positive, got -1"));
+}
+
+// attzoo's rope=True (interleaved pairs, theta 10000) against a naive RoPE on q and k.
+TEST(DilatedAttention, MatchesNaiveWithRope) {
+  torch::manual_seed(7);
+  DilatedAttention attn(DilatedAttentionOptions(32, 4).dilation_rate(2).rope(
+      RopeOptions().style(RopeStyle::kInterleaved)));
+  torch::Tensor x = torch::randn({2, 10, 32});
+  auto expected = testing::naive_zoo_attention(
+      attn->q_proj, attn->k_proj, attn->v_proj, attn->o_proj, 4, 1.0 / std::sqrt(8.0), x,
+      [](int64_t, int64_t, int64_t i, int64_t j) { return std::abs(i - j) % 2 == 0; }, {},
+      [](const torch::Tensor& t) { return testing::naive_rope_interleaved(t, 10000.0); });
+  EXPECT_LT(max_abs_diff(attn(x), expected.output), 1e-5);
+  DilatedAttention plain(DilatedAttentionOptions(32, 4).dilation_rate(2));
+  testing::copy_parameters(*attn, *plain);
+  EXPECT_GT(max_abs_diff(plain(x), expected.output), 1e-3);  // the rotation matters
+  ATTNKIT_EXPECT_ERROR(
+      DilatedAttention(DilatedAttentionOptions(32, 4).dilation_rate(2).rope(RopeOptions().dim(3))),
+      HasSubstr("DilatedAttention"), HasSubstr("rope dim must be even, got 3"));
 }
 
 }  // namespace

@@ -6,6 +6,7 @@
 
 #include "attention/zoo_naive.h"
 #include "support/contract.h"
+#include "support/naive.h"
 
 #include <cmath>
 #include <functional>
@@ -37,6 +38,13 @@ ATTNKIT_CONTRACT_SUITE(
                        LocalAttentionOptions(24, 3).window_size(5).causal(true).bias(true)));
                  },
                  true, true, 2, 13},
+    ContractCase{
+        "causal_rope",
+        [] {
+          return as_attention(LocalAttention(
+              LocalAttentionOptions(32, 4).window_size(4).causal(true).rope(RopeOptions().dim(4))));
+        },
+        true},
     ContractCase{"defaults", [] { return as_attention(LocalAttention(16, 2)); }, false});
 
 // The module's weights through the naive multi-head attention with a keep rule (b, i, j).
@@ -112,7 +120,6 @@ TEST(LocalAttention, UpstreamCausalAndPaddingMasks) {
   LocalAttention attn(LocalAttentionOptions(32, 4).window_size(6));
   torch::Tensor x = torch::randn({1, 8, 32});
   torch::Tensor causal = torch::ones({8, 8}, torch::kBool).tril();
-  torch::Tensor w = attn->forward_with_aux(x).attn_weights;
   auto expected = naive_local(
       attn, x, [](int64_t, int64_t i, int64_t j) { return std::abs(i - j) <= 3 && j <= i; });
   EXPECT_LT(max_abs_diff(attn(x, causal), expected.first), 1e-5);
@@ -127,7 +134,6 @@ TEST(LocalAttention, UpstreamCausalAndPaddingMasks) {
   torch::Tensor additive = torch::zeros({8, 8}).masked_fill(
       causal.logical_not(), -std::numeric_limits<float>::infinity());
   EXPECT_LT(max_abs_diff(attn(x, additive), expected.first), 1e-5);
-  EXPECT_TRUE(w.defined());
 }
 
 // attzoo test_local_forward_window_larger_than_sequence and single_element_window.
@@ -184,7 +190,7 @@ TEST(LocalAttention, ParametersAndPrint) {
   attn->pretty_print(s);
   EXPECT_EQ(s.str(),
             "attnkit::LocalAttention(dim=16, num_heads=2, window_size=128, causal=false, "
-            "temperature=1, dropout=0, bias=false)");
+            "temperature=1, dropout=0, bias=false, rope=none)");
 }
 
 // Every argument with invalid values (causal and bias have none).
@@ -202,6 +208,25 @@ TEST(LocalAttention, ErrorsNameTheArgument) {
                        HasSubstr("dropout must be in [0, 1), got 1"));
   ATTNKIT_EXPECT_ERROR(LocalAttention(opts())->keep_mask(0),
                        HasSubstr("seq_len must be positive, got 0"));
+}
+
+// attzoo's rope=True (interleaved pairs, theta 10000) against a naive RoPE on q and k.
+TEST(LocalAttention, MatchesNaiveWithRope) {
+  torch::manual_seed(7);
+  LocalAttention attn(LocalAttentionOptions(32, 4).window_size(5).rope(
+      RopeOptions().style(RopeStyle::kInterleaved)));
+  torch::Tensor x = torch::randn({2, 10, 32});
+  auto expected = testing::naive_zoo_attention(
+      attn->q_proj, attn->k_proj, attn->v_proj, attn->o_proj, 4, 1.0 / std::sqrt(8.0), x,
+      [](int64_t, int64_t, int64_t i, int64_t j) { return std::abs(i - j) <= 2; }, {},
+      [](const torch::Tensor& t) { return testing::naive_rope_interleaved(t, 10000.0); });
+  EXPECT_LT(max_abs_diff(attn(x), expected.output), 1e-5);
+  LocalAttention plain(LocalAttentionOptions(32, 4).window_size(5));
+  testing::copy_parameters(*attn, *plain);
+  EXPECT_GT(max_abs_diff(plain(x), expected.output), 1e-3);  // the rotation matters
+  ATTNKIT_EXPECT_ERROR(
+      LocalAttention(LocalAttentionOptions(32, 4).window_size(5).rope(RopeOptions().dim(3))),
+      HasSubstr("LocalAttention"), HasSubstr("rope dim must be even, got 3"));
 }
 
 }  // namespace

@@ -6,6 +6,7 @@
 
 #include "attention/zoo_naive.h"
 #include "support/contract.h"
+#include "support/naive.h"
 
 #include <cmath>
 #include <sstream>
@@ -137,7 +138,7 @@ TEST(LongformerAttention, ParametersAndPrint) {
   attn->pretty_print(s);
   EXPECT_EQ(s.str(),
             "attnkit::LongformerAttention(dim=16, num_heads=2, window_size=512, "
-            "global_positions=[0, 3], temperature=1, dropout=0, bias=false)");
+            "global_positions=[0, 3], temperature=1, dropout=0, bias=false, rope=none)");
 }
 
 TEST(LongformerAttention, ErrorsNameTheArgument) {
@@ -162,6 +163,30 @@ TEST(LongformerAttention, ErrorsNameTheArgument) {
                        HasSubstr("global_mask of shape [T] = [5] or [B, T] = [2, 5]"));
   ATTNKIT_EXPECT_ERROR(attn->forward_global(x, torch::Tensor()),
                        HasSubstr("global_mask is undefined"));
+}
+
+// attzoo's rope=True (interleaved pairs, theta 10000) against a naive RoPE on q and k.
+TEST(LongformerAttention, MatchesNaiveWithRope) {
+  torch::manual_seed(7);
+  LongformerAttention attn(
+      LongformerAttentionOptions(32, 4).window_size(4).global_positions({0}).rope(
+          RopeOptions().style(RopeStyle::kInterleaved)));
+  torch::Tensor x = torch::randn({2, 10, 32});
+  auto expected = testing::naive_zoo_attention(
+      attn->q_proj, attn->k_proj, attn->v_proj, attn->o_proj, 4, 1.0 / std::sqrt(8.0), x,
+      [](int64_t, int64_t, int64_t i, int64_t j) {
+        return std::abs(i - j) <= 2 || i == 0 || j == 0;
+      },
+      {}, [](const torch::Tensor& t) { return testing::naive_rope_interleaved(t, 10000.0); });
+  EXPECT_LT(max_abs_diff(attn(x), expected.output), 1e-5);
+  LongformerAttention plain(LongformerAttentionOptions(32, 4).window_size(4).global_positions({0}));
+  testing::copy_parameters(*attn, *plain);
+  EXPECT_GT(max_abs_diff(plain(x), expected.output), 1e-3);  // the rotation matters
+  ATTNKIT_EXPECT_ERROR(
+      LongformerAttention(
+          LongformerAttentionOptions(32, 4).window_size(4).global_positions({0}).rope(
+              RopeOptions().dim(3))),
+      HasSubstr("LongformerAttention"), HasSubstr("rope dim must be even, got 3"));
 }
 
 }  // namespace

@@ -6,6 +6,7 @@
 
 #include "attention/zoo_naive.h"
 #include "support/contract.h"
+#include "support/naive.h"
 
 #include <ATen/CPUGeneratorImpl.h>
 
@@ -183,7 +184,7 @@ TEST(LSHAttention, ParametersAndPrint) {
   attn->pretty_print(s);
   EXPECT_EQ(s.str(),
             "attnkit::LSHAttention(dim=16, num_heads=2, bucket_size=64, num_hashes=1, seed=0, "
-            "temperature=1, dropout=0, bias=false)");
+            "temperature=1, dropout=0, bias=false, rope=none)");
 }
 
 // attzoo test_lsh: "bucket_size must be positive", "num_hashes must be positive".
@@ -203,6 +204,28 @@ TEST(LSHAttention, ErrorsNameTheArgument) {
                        HasSubstr("dropout must be in [0, 1), got 1"));
   ATTNKIT_EXPECT_ERROR(LSHAttention(opts())->rotations(0),
                        HasSubstr("seq_len must be positive, got 0"));
+}
+
+// With rope, the buckets hash the rotated queries (one bucket when T <= bucket_size, so the
+// output is rotary full attention).
+TEST(LSHAttention, MatchesNaiveWithRope) {
+  torch::manual_seed(7);
+  LSHAttention attn(LSHAttentionOptions(32, 4).bucket_size(16).rope(
+      RopeOptions().style(RopeStyle::kInterleaved)));
+  torch::Tensor x = torch::randn({2, 10, 32});
+  auto expected = testing::naive_zoo_attention(
+      attn->q_proj, attn->k_proj, attn->v_proj, attn->o_proj, 4, 1.0 / std::sqrt(8.0), x,
+      [](int64_t, int64_t, int64_t, int64_t) { return true; }, {},
+      [](const torch::Tensor& t) { return testing::naive_rope_interleaved(t, 10000.0); });
+  EXPECT_LT(max_abs_diff(attn(x), expected.output), 1e-5);
+  // with several buckets, rope changes the hashing of the queries
+  LSHAttention many(LSHAttentionOptions(32, 4).bucket_size(2).rope(RopeOptions()));
+  LSHAttention plain(LSHAttentionOptions(32, 4).bucket_size(2));
+  testing::copy_parameters(*many, *plain);
+  EXPECT_FALSE(torch::equal(many->buckets(x), plain->buckets(x)));
+  ATTNKIT_EXPECT_ERROR(LSHAttention(LSHAttentionOptions(32, 4).rope(RopeOptions().dim(10))),
+                       HasSubstr("LSHAttention"),
+                       HasSubstr("rope dim (10) must be <= head_dim (8)"));
 }
 
 }  // namespace

@@ -24,7 +24,8 @@ inline torch::Tensor naive_linear(const torch::Tensor& in, const torch::nn::Line
   return l->bias.defined() ? y + l->bias.to(torch::kDouble) : y;
 }
 
-/// keep(b, h, i, j): may query i of head h see key j; bias(h, i, j): added to the scaled logit.
+/// keep(b, h, i, j): may query i of head h see key j; bias(h, i, j): added to the scaled logit;
+/// rotate: applied to q and k as [B, T, H, hd] (double), e.g. a naive RoPE.
 inline NaiveZooResult naive_zoo_attention(
     const torch::nn::Linear& q_proj,
     const torch::nn::Linear& k_proj,
@@ -34,12 +35,17 @@ inline NaiveZooResult naive_zoo_attention(
     double scale,
     const torch::Tensor& x,
     const std::function<bool(int64_t, int64_t, int64_t, int64_t)>& keep,
-    const std::function<double(int64_t, int64_t, int64_t)>& bias = {}) {
+    const std::function<double(int64_t, int64_t, int64_t)>& bias = {},
+    const std::function<torch::Tensor(const torch::Tensor&)>& rotate = {}) {
   torch::NoGradGuard no_grad;
   const int64_t B = x.size(0), T = x.size(1), D = q_proj->weight.size(0), H = num_heads;
   const int64_t hd = D / H;
   torch::Tensor q = naive_linear(x, q_proj), k = naive_linear(x, k_proj);
   torch::Tensor v = naive_linear(x, v_proj);
+  if (rotate) {
+    q = rotate(q.view({B, T, H, hd})).reshape({B, T, D}).contiguous();
+    k = rotate(k.view({B, T, H, hd})).reshape({B, T, D}).contiguous();
+  }
   auto qa = q.accessor<double, 3>(), ka = k.accessor<double, 3>(), va = v.accessor<double, 3>();
   NaiveZooResult r;
   r.heads = torch::zeros({B, H, T, hd}, torch::kDouble);

@@ -5,6 +5,7 @@
 // section 3).
 
 #include <attnkit/attention/attention.h>
+#include <attnkit/core/rope.h>
 
 #include <torch/nn/cloneable.h>
 #include <torch/nn/modules/linear.h>
@@ -33,6 +34,9 @@ struct BlockAttentionOptions {
   TORCH_ARG(double, dropout) = 0.0;
   /// Bias on the q, k, v and o projections. Default: false
   TORCH_ARG(bool, bias) = false;
+  /// Rotary embedding on q and k of every head (attzoo's rope=True is
+  /// RopeOptions().style(RopeStyle::kInterleaved)); unset means none. Default: nullopt
+  TORCH_ARG(c10::optional<RopeOptions>, rope) = c10::nullopt;
 };
 
 /// Block attention. x: [B, T, dim] -> [B, T, dim].
@@ -83,6 +87,7 @@ class BlockAttentionImpl : public torch::nn::Cloneable<BlockAttentionImpl>, publ
 
  private:
   AttentionOutput run(const torch::Tensor& x, const torch::Tensor& attn_mask, bool need_weights);
+  c10::optional<RotaryEmbedding> rope_;
 };
 ATTNKIT_ATTENTION_MODULE(BlockAttention);
 

@@ -4,6 +4,7 @@
 // with a window-sized cache.
 
 #include <attnkit/attention/attention.h>
+#include <attnkit/core/rope.h>
 
 #include <torch/nn/cloneable.h>
 #include <torch/nn/modules/linear.h>
@@ -30,6 +31,9 @@ struct LocalAttentionOptions {
   TORCH_ARG(double, dropout) = 0.0;
   /// Bias on the q, k, v and o projections. Default: false
   TORCH_ARG(bool, bias) = false;
+  /// Rotary embedding on q and k of every head (attzoo's rope=True is
+  /// RopeOptions().style(RopeStyle::kInterleaved)); unset means none. Default: nullopt
+  TORCH_ARG(c10::optional<RopeOptions>, rope) = c10::nullopt;
 };
 
 /// Local attention. x: [B, T, dim] -> [B, T, dim].
@@ -75,6 +79,7 @@ class LocalAttentionImpl : public torch::nn::Cloneable<LocalAttentionImpl>, publ
                       const torch::Tensor& attn_mask,
                       DecodeState* state,
                       bool need_weights);
+  c10::optional<RotaryEmbedding> rope_;
 };
 ATTNKIT_ATTENTION_MODULE(LocalAttention);
 

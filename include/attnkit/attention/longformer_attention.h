@@ -4,6 +4,7 @@
 // LongformerSelfAttention (mechanisms.md section 3).
 
 #include <attnkit/attention/attention.h>
+#include <attnkit/core/rope.h>
 
 #include <torch/nn/cloneable.h>
 #include <torch/nn/modules/linear.h>
@@ -34,6 +35,9 @@ struct LongformerAttentionOptions {
   TORCH_ARG(double, dropout) = 0.0;
   /// Bias on the q, k, v and o projections. Default: false
   TORCH_ARG(bool, bias) = false;
+  /// Rotary embedding on q and k of every head (attzoo's rope=True is
+  /// RopeOptions().style(RopeStyle::kInterleaved)); unset means none. Default: nullopt
+  TORCH_ARG(c10::optional<RopeOptions>, rope) = c10::nullopt;
 };
 
 /// Longformer attention. x: [B, T, dim] -> [B, T, dim].
@@ -85,6 +89,7 @@ class LongformerAttentionImpl : public torch::nn::Cloneable<LongformerAttentionI
                       const torch::Tensor& global_mask,
                       const torch::Tensor& attn_mask,
                       bool need_weights);
+  c10::optional<RotaryEmbedding> rope_;
 };
 ATTNKIT_ATTENTION_MODULE(LongformerAttention);
 

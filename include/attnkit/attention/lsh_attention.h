@@ -4,6 +4,7 @@
 // attzoo's LSHSelfAttention (mechanisms.md section 3), made reproducible.
 
 #include <attnkit/attention/attention.h>
+#include <attnkit/core/rope.h>
 
 #include <torch/nn/cloneable.h>
 #include <torch/nn/modules/linear.h>
@@ -34,12 +35,16 @@ struct LSHAttentionOptions {
   TORCH_ARG(double, dropout) = 0.0;
   /// Bias on the q, k, v and o projections. Default: false
   TORCH_ARG(bool, bias) = false;
+  /// Rotary embedding on q and k of every head (attzoo's rope=True is
+  /// RopeOptions().style(RopeStyle::kInterleaved)); unset means none. Default: nullopt
+  TORCH_ARG(c10::optional<RopeOptions>, rope) = c10::nullopt;
 };
 
 /// LSH attention. x: [B, T, dim] -> [B, T, dim].
 /// For each round r: R_r ~ N(0, 1) of shape [H, head_dim, ceil(n_b / 2)] drawn (float32) from
 /// one CPU generator seeded with `seed` per call, rounds in order; a token's bucket in head h is
-/// argmax over the first n_b entries of [q R_r ; -q R_r] (angular LSH of its query, as in
+/// argmax over the first n_b entries of [q R_r ; -q R_r] (angular LSH of its query, after
+/// rope if any, as in
 /// Reformer); query i then sees key j iff both tokens share the bucket (a bool keep mask for
 /// functional::dot_product_attention, so i always sees itself). Output = mean of the per-round
 /// attention over the rounds in which the query saw a key, so weight rows sum to 1 and keys outside
@@ -80,6 +85,7 @@ class LSHAttentionImpl : public torch::nn::Cloneable<LSHAttentionImpl>, public A
  private:
   torch::Tensor hash(const torch::Tensor& q) const;
   AttentionOutput run(const torch::Tensor& x, const torch::Tensor& attn_mask, bool need_weights);
+  c10::optional<RotaryEmbedding> rope_;
 };
 ATTNKIT_ATTENTION_MODULE(LSHAttention);
 
