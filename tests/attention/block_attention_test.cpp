@@ -4,7 +4,7 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
-#include "attention/zoo_naive.h"
+#include "support/zoo_naive.h"
 #include "support/contract.h"
 #include "support/naive.h"
 

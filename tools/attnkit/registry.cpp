@@ -127,6 +127,83 @@ std::vector<Mechanism> make_table() {
          return as_attention(DifferentialAttention(
              DifferentialAttentionOptions(c.dim, c.num_heads).causal(c.causal)));
        }},
+      {"local",
+       "LocalAttention",
+       "each query sees the 64 keys around it (the past 32 when causal)",
+       {"Parmar et al.", 2018, "Image Transformer"},
+       [](const MechanismConfig& c) {
+         return as_attention(LocalAttention(
+             LocalAttentionOptions(c.dim, c.num_heads).window_size(64).causal(c.causal)));
+       }},
+      {"dilated",
+       "DilatedAttention",
+       "each query sees every 4th key, counted from itself",
+       {"Ding et al.", 2023, "LongNet: Scaling Transformers to 1,000,000,000 Tokens"},
+       [](const MechanismConfig& c) {
+         return as_attention(
+             DilatedAttention(DilatedAttentionOptions(c.dim, c.num_heads).dilation_rate(4)));
+       }},
+      {"block",
+       "BlockAttention",
+       "attention inside overlapping blocks of 32 tokens",
+       {"Qiu et al.", 2020, "Blockwise Self-Attention for Long Document Understanding"},
+       [](const MechanismConfig& c) {
+         return as_attention(BlockAttention(
+             BlockAttentionOptions(c.dim, c.num_heads).block_size(32).overlap(true)));
+       }},
+      {"longformer",
+       "LongformerAttention",
+       "a 64-token window plus global attention at the first token",
+       {"Beltagy et al.", 2020, "Longformer: The Long-Document Transformer"},
+       [](const MechanismConfig& c) {
+         return as_attention(LongformerAttention(
+             LongformerAttentionOptions(c.dim, c.num_heads).window_size(64).global_positions({0})));
+       }},
+      {"alibi",
+       "ALiBiAttention",
+       "no position embedding: a per-head linear distance penalty on the logits",
+       {"Press et al.", 2022,
+        "Train Short, Test Long: Attention with Linear Biases Enables Input Length Extrapolation"},
+       [](const MechanismConfig& c) {
+         return as_attention(
+             ALiBiAttention(ALiBiAttentionOptions(c.dim, c.num_heads).causal(c.causal)));
+       }},
+      {"lsh",
+       "LSHAttention",
+       "angular LSH buckets of 32, 2 hash rounds; attention inside each bucket",
+       {"Kitaev et al.", 2020, "Reformer: The Efficient Transformer"},
+       [](const MechanismConfig& c) {
+         return as_attention(
+             LSHAttention(LSHAttentionOptions(c.dim, c.num_heads).bucket_size(32).num_hashes(2)));
+       }},
+      {"linear",
+       "LinearAttention",
+       "softmax replaced by an elu+1 feature map: O(T) time, O(1) decode state",
+       {"Katharopoulos et al.", 2020,
+        "Transformers are RNNs: Fast Autoregressive Transformers with Linear Attention"},
+       [](const MechanismConfig& c) {
+         return as_attention(
+             LinearAttention(LinearAttentionOptions(c.dim, c.num_heads).causal(c.causal)));
+       }},
+      {"gated",
+       "GatedAttention",
+       "a learned per-token highway gate between GQA and the input",
+       {"Srivastava et al.", 2015, "Highway Networks"},
+       [](const MechanismConfig& c) {
+         return as_attention(GatedAttention(as_attention(GroupedQueryAttention(
+             GroupedQueryAttentionOptions(c.dim, c.num_heads, c.num_kv_heads).causal(c.causal)))));
+       }},
+      {"combined",
+       "CombinedAttention",
+       "a learned per-token mix of local and linear attention",
+       {"attzoo", 2025, "CombinedAttention (learned gate between two attention modules)"},
+       [](const MechanismConfig& c) {
+         return as_attention(CombinedAttention(
+             as_attention(LocalAttention(
+                 LocalAttentionOptions(c.dim, c.num_heads).window_size(64).causal(c.causal))),
+             as_attention(
+                 LinearAttention(LinearAttentionOptions(c.dim, c.num_heads).causal(c.causal)))));
+       }},
       {"slot",
        "SlotAttention",
        "set to set: 8 slots compete for the N inputs, refined 3 times by a GRU",
