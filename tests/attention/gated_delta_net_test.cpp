@@ -124,6 +124,10 @@ struct RuleCase {
   Gate gate;
 };
 
+void PrintTo(const RuleCase& c, std::ostream* os) {
+  *os << "T=" << c.T << " Hv/Hqk=" << c.expansion << " gate=" << static_cast<int>(c.gate);
+}
+
 std::string rule_case_name(const ::testing::TestParamInfo<RuleCase>& info) {
   const char* gate = info.param.gate == Gate::kMamba        ? "mamba"
                      : info.param.gate == Gate::kLogSigmoid ? "logsigmoid"
@@ -191,6 +195,32 @@ TEST(GatedDeltaRule, SmallChunksAndStridedInputsAgree) {
       EXPECT_LT(max_abs_diff(kern.final_state, ref.final_state), 1e-10) << backend;
     }
   }
+}
+
+TEST(GatedDeltaRule, EveryIsaCopyOfTheFusedKernelAgrees) {
+  torch::manual_seed(4);
+  RuleInputs in = make_rule_inputs(2, 2, 4, 75, 64, 32, Gate::kMamba);
+  GatedDeltaRuleOutput ref = gated_delta_rule_recurrent(in.q, in.k, in.v, in.g, in.beta, in.state);
+  EnvGuard backend("ATTNKIT_BACKEND", "fused");
+  for (const char* isa : {"default", "avx2", "avx512"}) {
+    const std::string name(isa);
+#if defined(__x86_64__) || defined(__i386__)
+    if ((name == "avx2" && !__builtin_cpu_supports("avx2")) ||
+        (name == "avx512" && !__builtin_cpu_supports("avx512f"))) {
+      continue;  // this CPU lacks the extension
+    }
+#else
+    if (name != "default") continue;
+#endif
+    EnvGuard env("ATTNKIT_CPU_CAPABILITY", isa);
+    GatedDeltaRuleOutput r = gated_delta_rule(in.q, in.k, in.v, in.g, in.beta, in.state);
+    EXPECT_LT(max_abs_diff(r.output, ref.output), 1e-4) << isa;
+    EXPECT_LT(max_abs_diff(r.final_state, ref.final_state), 1e-4) << isa;
+  }
+  EnvGuard env("ATTNKIT_CPU_CAPABILITY", "sse9");
+  ATTNKIT_EXPECT_ERROR(gated_delta_rule(in.q, in.k, in.v, in.g, in.beta),
+                       HasSubstr("ATTNKIT_CPU_CAPABILITY must be default, avx2 or avx512, got "
+                                 "'sse9'"));
 }
 
 TEST(GatedDeltaRule, RecurrenceIsTheSpecLoop) {
@@ -384,14 +414,16 @@ TEST(GatedDeltaNet, MatchesNaiveReimplementation) {
     perturb_norm(m);
     torch::Tensor x = torch::randn({2, cases[c].T, cases[c].options.dim()});
     torch::Tensor expected = naive_gated_delta_net(m, x);
-    EXPECT_LT(max_abs_diff(m(x), expected), 1e-4) << "case " << c;
     {
-      EnvGuard env("ATTNKIT_BACKEND", "reference");
-      EXPECT_LT(max_abs_diff(m(x), expected), 1e-4) << "case " << c << ", reference kernel";
+      // Without autograd the module runs the fused kernel, or its scalar reference.
+      torch::NoGradGuard no_grad;
+      for (const char* backend : {"fused", "reference"}) {
+        EnvGuard env("ATTNKIT_BACKEND", backend);
+        EXPECT_LT(max_abs_diff(m(x), expected), 1e-4) << "case " << c << ", " << backend;
+      }
     }
-    // With autograd on, the chunked torch form runs.
-    torch::Tensor xg = x.clone().requires_grad_(true);
-    EXPECT_LT(max_abs_diff(m(xg), expected), 1e-4) << "case " << c << ", autograd path";
+    // With autograd on (the parameters require grad), the chunked torch form runs.
+    EXPECT_LT(max_abs_diff(m(x), expected), 1e-4) << "case " << c << ", autograd path";
     // Double in, double out, to the naive double result.
     m->to(torch::kDouble);
     EXPECT_LT(max_abs_diff(m(x.to(torch::kDouble)), expected), 1e-10) << "case " << c;
@@ -412,12 +444,13 @@ TEST(GatedDeltaNet, PaddingMaskMatchesNaive) {
     mask[0].narrow(0, 0, 9).fill_(false);
     mask[1].narrow(0, T - 16, 16).fill_(false);
     mask[2].copy_(torch::arange(T) % 5 != 2);
-    torch::Tensor y = m(x, mask);
-    EXPECT_LT(max_abs_diff(y, naive_gated_delta_net(m, x, mask)), 1e-4) << "mamba " << mamba;
+    torch::Tensor expected = naive_gated_delta_net(m, x, mask);
+    torch::Tensor y = m(x, mask);  // autograd on: the chunked torch form
+    EXPECT_LT(max_abs_diff(y, expected), 1e-4) << "mamba " << mamba;
     // Padded positions output exactly zero.
     EXPECT_EQ(y.masked_select(mask.logical_not().unsqueeze(-1)).abs().max().item<float>(), 0.0f);
-    torch::Tensor yg = m(x.clone().requires_grad_(true), mask);  // chunked torch form
-    EXPECT_LT(max_abs_diff(yg, y), 1e-4);
+    torch::NoGradGuard no_grad;  // the fused kernel
+    EXPECT_LT(max_abs_diff(m(x, mask), expected), 1e-4) << "mamba " << mamba << ", fused";
   }
 }
 
