@@ -469,6 +469,21 @@ TEST(GatedDeltaNet, LeftPaddingEqualsUnpadded) {
   EXPECT_TRUE(torch::equal(m(x, torch::Tensor()), m(x)));
 }
 
+TEST(GatedDeltaNet, FullyPaddedSequenceIsZeroWithFiniteGradients) {
+  torch::manual_seed(18);
+  GatedDeltaNet m(GatedDeltaNetOptions(16, 2, 4));
+  torch::Tensor x = torch::randn({2, 6, 16}).requires_grad_(true);
+  torch::Tensor mask = torch::ones({2, 6}, torch::kBool);
+  mask[1].fill_(false);
+  torch::Tensor y = m(x, mask);
+  EXPECT_TRUE(torch::equal(y[1], torch::zeros({6, 16})));
+  EXPECT_GT(y[0].abs().sum().item<double>(), 0.0);
+  y.sum().backward();
+  EXPECT_TRUE(torch::isfinite(x.grad()).all().item<bool>());
+  EXPECT_TRUE(torch::equal(x.grad()[1], torch::zeros({6, 16})));
+  for (const auto& p : m->parameters()) EXPECT_TRUE(torch::isfinite(p.grad()).all().item<bool>());
+}
+
 TEST(GatedDeltaNet, BadMasksAreRejected) {
   GatedDeltaNet m(GatedDeltaNetOptions(16, 2, 2));
   torch::Tensor x = torch::randn({2, 5, 16});
@@ -639,6 +654,14 @@ TEST(GatedDeltaNet, ConstructorErrors) {
   ATTNKIT_EXPECT_ERROR(
       GatedDeltaNet(O(8, 1, 1).decay_gate(LogSigmoidDecayGateOptions().normalizer(-2))),
       HasSubstr("LogSigmoidDecayGateOptions normalizer must be > 0, got -2"));
+  // The submodules check their own arguments too.
+  ATTNKIT_EXPECT_ERROR(GatedDeltaDecayGate(0, 2, MambaDecayGateOptions()),
+                       HasSubstr("decay gate dim must be positive, got 0"));
+  ATTNKIT_EXPECT_ERROR(GatedDeltaDecayGate(4, 0, LogSigmoidDecayGateOptions()),
+                       HasSubstr("decay gate num_heads must be positive, got 0"));
+  ATTNKIT_EXPECT_ERROR(GatedDeltaShortConv(0, 4),
+                       HasSubstr("short convolution channels must be positive, got 0"));
+  ATTNKIT_EXPECT_ERROR(GatedDeltaShortConv(4, 0), HasSubstr("conv_size must be >= 1, got 0"));
 }
 
 }  // namespace
