@@ -5,10 +5,11 @@
 //   QK[t,s] = exp(gamma_t - gamma_s) q_t.k_s           (s <= t)
 //   (I + A) [W | U] = [beta exp(gamma) K | beta V]      forward substitution, row by row
 //   U <- U - W S;   O = exp(gamma) Q S + QK U;   S <- exp(gamma_last) S + (exp(..) K)^T U
-// Every inner loop is a contiguous dot or axpy over Dk or Dv, which the compiler vectorises
-// (omp simd) for the ISA of the copy that runs: fused_impl.h is compiled here for the baseline
-// and in fused_avx2.cpp / fused_avx512.cpp under a target pragma, chosen once per call from
-// CPUID (ATTNKIT_CPU_CAPABILITY=default|avx2|avx512 forces one). Legend in params.h.
+// Every product is a combination of contiguous rows (combine_rows, register-blocked), which the
+// compiler vectorises (omp simd) for the ISA of the copy that runs: fused_impl.h is compiled
+// here for the baseline and in fused_avx2.cpp / fused_avx512.cpp under a target pragma, chosen
+// once per call from CPUID (ATTNKIT_CPU_CAPABILITY=default|avx2|avx512 forces one). Legend in
+// params.h.
 
 #include "kernels/gated_delta/kernel.h"
 

@@ -4,41 +4,62 @@
 // linkage and takes its target's vector width. No #pragma once and no includes: that is the
 // point. Legend and the rule in params.h; the algorithm in fused.cpp.
 
+// y[0, n) += alpha * sum_r c[r] * rows[r * stride + (0, n)]: every product of the chunked form
+// (K K^T, Q K^T, the substitution, W S, Q S, K^T U) is this combination of contiguous rows.
+// Columns go in blocks of kBlock held in a local accumulator that the compiler keeps in
+// registers (2 zmm of float), so the inner loop is one load and one FMA per vector; a
+// runtime-width tail handles n % kBlock.
 template <typename T>
-inline T dot(const T* a, const T* b, int64_t n) {
-  T acc = 0;
-#pragma omp simd reduction(+ : acc)
-  for (int64_t i = 0; i < n; ++i) acc += a[i] * b[i];
-  return acc;
-}
-
-// y += alpha * x
-template <typename T>
-inline void axpy(T* y, T alpha, const T* x, int64_t n) {
+inline void combine_rows(
+    T* y, T alpha, const T* c, const T* rows, int64_t nrows, int64_t stride, int64_t n) {
+  constexpr int64_t kBlock = 128 / static_cast<int64_t>(sizeof(T));  // 32 floats, 16 doubles
+  int64_t j0 = 0;
+  for (; j0 + kBlock <= n; j0 += kBlock) {
+    T acc[kBlock] = {};
+    for (int64_t r = 0; r < nrows; ++r) {
+      const T cr = c[r];
+      const T* row = rows + r * stride + j0;
 #pragma omp simd
-  for (int64_t i = 0; i < n; ++i) y[i] += alpha * x[i];
+      for (int64_t j = 0; j < kBlock; ++j) acc[j] += cr * row[j];
+    }
+#pragma omp simd
+    for (int64_t j = 0; j < kBlock; ++j) y[j0 + j] += alpha * acc[j];
+  }
+  if (j0 < n) {
+    const int64_t rest = n - j0;
+    T acc[kBlock] = {};
+    for (int64_t r = 0; r < nrows; ++r) {
+      const T cr = c[r];
+      const T* row = rows + r * stride + j0;
+#pragma omp simd
+      for (int64_t j = 0; j < rest; ++j) acc[j] += cr * row[j];
+    }
+    for (int64_t j = 0; j < rest; ++j) y[j0 + j] += alpha * acc[j];
+  }
 }
 
 // Scratch of one task, carved from one buffer: sizes in elements.
 template <typename T>
 struct Scratch {
-  T* S;    // [Dk, Dv]
+  T* S;    // [Dk, Dv] the state
   T* Kc;   // [C, Dk] the chunk's keys, contiguous
+  T* KT;   // [Dk, C] the same, transposed
   T* Qc;   // [C, Dk] the chunk's queries, scaled
-  T* W;    // [C, Dk]
+  T* W;    // [C, Dk]; reused as [Dk, C] (exp(gamma_last - gamma) K)^T for the state update
   T* U;    // [C, Dv]
-  T* A;    // [C, C]
-  T* QK;   // [C, C]
+  T* A;    // [C, C] (row t: columns < t)
+  T* QK;   // [C, C] (row t: columns <= t)
   T* gam;  // [C]
   T* bet;  // [C]
 
   static int64_t elements(int64_t C, int64_t Dk, int64_t Dv) {
-    return Dk * Dv + 3 * C * Dk + C * Dv + 2 * C * C + 2 * C;
+    return Dk * Dv + 4 * C * Dk + C * Dv + 2 * C * C + 2 * C;
   }
   Scratch(T* base, int64_t C, int64_t Dk, int64_t Dv) {
     S = base;
     Kc = S + Dk * Dv;
-    Qc = Kc + C * Dk;
+    KT = Kc + C * Dk;
+    Qc = KT + Dk * C;
     W = Qc + C * Dk;
     U = W + C * Dk;
     A = U + C * Dv;
@@ -74,67 +95,69 @@ void forward_head(const GatedDeltaParams<T>& p, int64_t b, int64_t h, Scratch<T>
 
   for (int64_t c0 = 0; c0 < T_len; c0 += C) {
     const int64_t n = std::min(C, T_len - c0);
-    // Gather the chunk: contiguous keys and scaled queries, gamma and beta.
+    // Gather the chunk: contiguous keys (and transposed), scaled queries, gamma and beta.
     T acc = 0;
     for (int64_t t = 0; t < n; ++t) {
       const int64_t pos = c0 + t;
       for (int64_t i = 0; i < Dk; ++i) {
-        sc.Kc[t * Dk + i] = k[pos * p.k_stride_t + i * p.k_stride_d];
+        const T kv = k[pos * p.k_stride_t + i * p.k_stride_d];
+        sc.Kc[t * Dk + i] = kv;
+        sc.KT[i * C + t] = kv;
         sc.Qc[t * Dk + i] = scale * q[pos * p.q_stride_t + i * p.q_stride_d];
       }
       acc += g[pos * p.g_stride_t];
       sc.gam[t] = acc;
       sc.bet[t] = beta[pos * p.beta_stride_t];
     }
-    // A (strictly lower) and QK (lower, diagonal included), decayed.
+    // Row t of K K^T (columns < t) and Q K^T (columns <= t), then decayed (and beta for A).
     for (int64_t t = 0; t < n; ++t) {
-      const T* kt = sc.Kc + t * Dk;
-      const T* qt = sc.Qc + t * Dk;
+      T* at = sc.A + t * C;
+      T* qkt = sc.QK + t * C;
+      for (int64_t s = 0; s <= t; ++s) at[s] = qkt[s] = T(0);
+      combine_rows(at, T(1), sc.Kc + t * Dk, sc.KT, Dk, C, t);
+      combine_rows(qkt, T(1), sc.Qc + t * Dk, sc.KT, Dk, C, t + 1);
       for (int64_t s = 0; s <= t; ++s) {
-        const T* ks = sc.Kc + s * Dk;
         const T decay = std::exp(sc.gam[t] - sc.gam[s]);
-        if (s < t) sc.A[t * C + s] = sc.bet[t] * decay * dot(kt, ks, Dk);
-        sc.QK[t * C + s] = decay * dot(qt, ks, Dk);
+        at[s] *= sc.bet[t] * decay;
+        qkt[s] *= decay;
       }
     }
-    // Forward substitution: row t of [W | U] = rhs_t - sum_{s < t} A[t,s] row s, then U -= W S.
+    // Forward substitution: row t of [W | U] = rhs_t - sum_{s < t} A[t,s] row s; then
+    // U_t -= W_t S (the state's contribution).
     for (int64_t t = 0; t < n; ++t) {
       T* wt = sc.W + t * Dk;
       T* ut = sc.U + t * Dv;
       const T wscale = sc.bet[t] * std::exp(sc.gam[t]);
       for (int64_t i = 0; i < Dk; ++i) wt[i] = wscale * sc.Kc[t * Dk + i];
-      for (int64_t j = 0; j < Dv; ++j)
+      for (int64_t j = 0; j < Dv; ++j) {
         ut[j] = sc.bet[t] * v[(c0 + t) * p.v_stride_t + j * p.v_stride_d];
-      for (int64_t s = 0; s < t; ++s) {
-        const T a = sc.A[t * C + s];
-        axpy(wt, -a, sc.W + s * Dk, Dk);
-        axpy(ut, -a, sc.U + s * Dv, Dv);
       }
+      combine_rows(wt, T(-1), sc.A + t * C, sc.W, t, Dk, Dk);
+      combine_rows(ut, T(-1), sc.A + t * C, sc.U, t, Dv, Dv);
     }
-    for (int64_t t = 0; t < n; ++t) {
-      T* ut = sc.U + t * Dv;
-      const T* wt = sc.W + t * Dk;
-      for (int64_t i = 0; i < Dk; ++i) axpy(ut, -wt[i], S + i * Dv, Dv);
-    }
+    for (int64_t t = 0; t < n; ++t)
+      combine_rows(sc.U + t * Dv, T(-1), sc.W + t * Dk, S, Dk, Dv, Dv);
     // Outputs: o_t = exp(gamma_t) S^T q_t + sum_{s <= t} QK[t,s] u_s, accumulated in the output
     // row itself (its elements are contiguous: out_stride_d == 1 is asserted by the caller).
     for (int64_t t = 0; t < n; ++t) {
       T* ot = out + (c0 + t) * p.out_stride_t;
       for (int64_t j = 0; j < Dv; ++j) ot[j] = T(0);
-      const T* qt = sc.Qc + t * Dk;
-      const T gt = std::exp(sc.gam[t]);
-      for (int64_t i = 0; i < Dk; ++i) axpy(ot, gt * qt[i], S + i * Dv, Dv);
-      for (int64_t s = 0; s <= t; ++s) axpy(ot, sc.QK[t * C + s], sc.U + s * Dv, Dv);
+      combine_rows(ot, std::exp(sc.gam[t]), sc.Qc + t * Dk, S, Dk, Dv, Dv);
+      combine_rows(ot, T(1), sc.QK + t * C, sc.U, t + 1, Dv, Dv);
     }
-    // S <- exp(gamma_last) S + sum_s exp(gamma_last - gamma_s) k_s u_s^T
+    // S <- exp(gamma_last) S + sum_s exp(gamma_last - gamma_s) k_s u_s^T; row i of the sum is
+    // a combination of the rows of U with coefficients (exp(gamma_last - gamma) K)^T[i, :].
     const T last = sc.gam[n - 1];
     const T decay_all = std::exp(last);
-    for (int64_t i = 0; i < Dk * Dv; ++i) S[i] *= decay_all;
+    T* kd = sc.W;  // W is no longer needed in this chunk
     for (int64_t s = 0; s < n; ++s) {
       const T ds = std::exp(last - sc.gam[s]);
-      const T* ks = sc.Kc + s * Dk;
-      const T* us = sc.U + s * Dv;
-      for (int64_t i = 0; i < Dk; ++i) axpy(S + i * Dv, ds * ks[i], us, Dv);
+      for (int64_t i = 0; i < Dk; ++i) kd[i * C + s] = ds * sc.Kc[s * Dk + i];
+    }
+    for (int64_t i = 0; i < Dk; ++i) {
+      T* si = S + i * Dv;
+      for (int64_t j = 0; j < Dv; ++j) si[j] *= decay_all;
+      combine_rows(si, T(1), kd + i * C, sc.U, n, Dv, Dv);
     }
   }
 
