@@ -241,13 +241,18 @@ GatedDeltaRuleOutput gated_delta_rule_chunked(const torch::Tensor& q,
   torch::Tensor k_to_end = kc * (last.unsqueeze(-1) - gam).exp().unsqueeze(-1);  // [.., C, dk]
   torch::Tensor last_exp = last.exp().unsqueeze(-1).unsqueeze(-1);               // [B, Hv, N, 1, 1]
 
-  // The inter-chunk recurrence of the state.
+  // The inter-chunk recurrence of the state. Slices come from unbind (one backward node that
+  // stacks the gradients) rather than N selects (each of which would scatter into a full-size
+  // zero tensor in the backward: O(N^2) memory traffic).
+  std::vector<torch::Tensor> u0_n = U0.unbind(2), w_n = W.unbind(2), q_n = q_decayed.unbind(2);
+  std::vector<torch::Tensor> qk_n = qk.unbind(2), k_n = k_to_end.unbind(2);
+  std::vector<torch::Tensor> last_n = last_exp.unbind(2);
   std::vector<torch::Tensor> outs;
   outs.reserve(N);
   for (int64_t n = 0; n < N; ++n) {
-    torch::Tensor U = U0.select(2, n) - W.select(2, n).matmul(S);  // [B, Hv, C, dv]
-    outs.push_back(q_decayed.select(2, n).matmul(S) + qk.select(2, n).matmul(U));
-    S = last_exp.select(2, n) * S + k_to_end.select(2, n).transpose(-1, -2).matmul(U);
+    torch::Tensor U = u0_n[n] - w_n[n].matmul(S);  // [B, Hv, C, dv]
+    outs.push_back(q_n[n].matmul(S) + qk_n[n].matmul(U));
+    S = last_n[n] * S + k_n[n].transpose(-1, -2).matmul(U);
   }
   torch::Tensor out = torch::cat(outs, 2).narrow(2, 0, s.T);
   return {out.to(dtype), S.to(dtype)};
