@@ -168,15 +168,18 @@ GatedDeltaRuleOutput gated_delta_rule_recurrent(const torch::Tensor& q,
   torch::Tensor S = initial_state.defined()
                         ? initial_state.to(ct)
                         : torch::zeros({s.B, s.Hv, s.Dk, s.Dv}, q.options().dtype(ct));
+  // Per-token slices by unbind: one backward node instead of T selects.
+  std::vector<torch::Tensor> q_t = qe.unbind(2), k_t = ke.unbind(2), v_t = ve.unbind(2);
+  std::vector<torch::Tensor> decay_t = decay.unbind(2), beta_t = be.unbind(2);
   std::vector<torch::Tensor> outs;
   outs.reserve(s.T);
   for (int64_t t = 0; t < s.T; ++t) {
-    S = S * decay.select(2, t).unsqueeze(-1).unsqueeze(-1);          // S <- exp(g_t) S
-    torch::Tensor kt = ke.select(2, t).unsqueeze(-2);                // [B, Hv, 1, dk]
-    torch::Tensor u = be.select(2, t).unsqueeze(-1).unsqueeze(-1) *  // [B, Hv, 1, dv]
-                      (ve.select(2, t).unsqueeze(-2) - kt.matmul(S));
-    S = S + kt.transpose(-1, -2).matmul(u);                   // S <- S + k u^T
-    outs.push_back(qe.select(2, t).unsqueeze(-2).matmul(S));  // o_t = S^T q_t
+    S = S * decay_t[t].unsqueeze(-1).unsqueeze(-1);            // S <- exp(g_t) S
+    torch::Tensor kt = k_t[t].unsqueeze(-2);                   // [B, Hv, 1, dk]
+    torch::Tensor u = beta_t[t].unsqueeze(-1).unsqueeze(-1) *  // [B, Hv, 1, dv]
+                      (v_t[t].unsqueeze(-2) - kt.matmul(S));
+    S = S + kt.transpose(-1, -2).matmul(u);          // S <- S + k u^T
+    outs.push_back(q_t[t].unsqueeze(-2).matmul(S));  // o_t = S^T q_t
   }
   torch::Tensor out =
       s.T > 0 ? torch::cat(outs, 2) : torch::zeros({s.B, s.Hv, 0, s.Dv}, q.options().dtype(ct));
