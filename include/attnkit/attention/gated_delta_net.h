@@ -80,7 +80,11 @@ GatedDeltaRuleOutput gated_delta_rule_chunked(const torch::Tensor& q,
 /// a graph (grad mode on and an input requiring grad) or the dtype is not float/double; else the
 /// fused CPU kernel (src/kernels/gated_delta, parallel over (batch, head)), or its scalar
 /// reference when the environment has ATTNKIT_BACKEND=reference. Raises for any other value of
-/// ATTNKIT_BACKEND. Same shapes as gated_delta_rule_recurrent.
+/// ATTNKIT_BACKEND. The fused kernel is compiled for the baseline ISA, AVX2 and AVX-512 and picks
+/// the best the CPU has; ATTNKIT_CPU_CAPABILITY=default|avx2|avx512 forces one. Same shapes as
+/// gated_delta_rule_recurrent. Example:
+///   auto [o, s] = gated_delta_rule(q, k, v, g, beta);             // o: [B, Hv, T, dv]
+///   auto next = gated_delta_rule(q2, k2, v2, g2, beta2, s);       // continues the sequence
 GatedDeltaRuleOutput gated_delta_rule(const torch::Tensor& q,
                                       const torch::Tensor& k,
                                       const torch::Tensor& v,
