@@ -20,6 +20,7 @@
 #include <attnkit/attention/deepseek_sparse_attention.h>
 #include <attnkit/attention/delta_attention.h>
 #include <attnkit/attention/differential_attention.h>
+#include <attnkit/attention/gated_delta_net.h>
 #include <attnkit/attention/dilated_attention.h>
 #include <attnkit/attention/gated_attention.h>
 #include <attnkit/attention/grouped_query_attention.h>

@@ -204,6 +204,14 @@ std::vector<Mechanism> make_table() {
              as_attention(
                  LinearAttention(LinearAttentionOptions(c.dim, c.num_heads).causal(c.causal)))));
        }},
+      {"gdn",
+       "GatedDeltaNet",
+       "gated delta rule: a decaying fast-weight memory, chunked WY form, O(1) decode state",
+       {"Yang et al.", 2025, "Gated Delta Networks: Improving Mamba2 with Delta Rule"},
+       [](const MechanismConfig& c) {
+         return as_attention(
+             GatedDeltaNet(GatedDeltaNetOptions(c.dim, c.num_kv_heads, c.num_heads)));
+       }},
       {"slot",
        "SlotAttention",
        "set to set: 8 slots compete for the N inputs, refined 3 times by a GRU",
