@@ -23,6 +23,13 @@ AttentionResult dot_product_attention(const torch::Tensor& q,
       .sinks(options.sinks())
       .mask(options.mask())
       .bias(options.bias());
+  // A dense keep mask over long sequences (BigBird, MiniMax, block, dilated and window patterns)
+  // also becomes a block mask, so blocks it hides entirely are skipped rather than masked
+  // element by element. Short or single-query calls keep the plain path (and split-KV decode).
+  constexpr int64_t kMaskBlock = 128;
+  if (options.mask().defined() && q.size(2) > kMaskBlock && k.size(2) > kMaskBlock) {
+    flex.block_mask(block_mask_from_keep(options.mask(), kMaskBlock, kMaskBlock));
+  }
   FlexAttentionResult r = flex_attention(q, k, v, flex);
   AttentionResult result;
   result.output = r.output;

@@ -164,6 +164,41 @@ BlockMask create_block_mask(const Mask& mask,
   return bm;
 }
 
+BlockMask block_mask_from_keep(const torch::Tensor& keep, int64_t block_q, int64_t block_k) {
+  TORCH_CHECK(keep.scalar_type() == torch::kBool && keep.dim() >= 2 && keep.dim() <= 4,
+              "block_mask_from_keep: expected a bool keep mask of 2 to 4 dims, got ",
+              keep.scalar_type(), " of shape ", keep.sizes());
+  TORCH_CHECK(block_q > 0 && block_k > 0,
+              "block_mask_from_keep: expected positive block sizes, got block_q ", block_q,
+              ", block_k ", block_k);
+  torch::Tensor k4 = keep;
+  while (k4.dim() < 4) k4 = k4.unsqueeze(0);
+  const int64_t B = k4.size(0), H = k4.size(1), Tq = k4.size(2), Tk = k4.size(3);
+  const int64_t nqb = (Tq + block_q - 1) / block_q, nkb = (Tk + block_k - 1) / block_k;
+  // Visible elements per block; the zero padding of the last blocks makes them at most partial.
+  torch::Tensor padded = torch::constant_pad_nd(k4.to(torch::kByte),
+                                                {0, nkb * block_k - Tk, 0, nqb * block_q - Tq}, 0);
+  torch::Tensor count =
+      padded.view({B, H, nqb, block_q, nkb, block_k}).sum({3, 5}, /*keepdim=*/false, torch::kInt);
+  torch::Tensor full = count == block_q * block_k;
+  torch::Tensor partial = (count > 0) & full.logical_not();
+  // Index lists: the blocks of a kind first (ascending), then the rest; counts say how many.
+  torch::Tensor ar = torch::arange(nkb, torch::TensorOptions().dtype(torch::kLong));
+  auto index_list = [&](const torch::Tensor& kind) {
+    torch::Tensor order_key = torch::where(kind, ar, ar + nkb);
+    return std::make_pair(kind.sum(-1, /*keepdim=*/false, torch::kInt),
+                          std::get<1>(order_key.sort(-1)).to(torch::kInt).contiguous());
+  };
+  BlockMask bm;
+  std::tie(bm.kv_num_blocks, bm.kv_indices) = index_list(partial);
+  std::tie(bm.full_kv_num_blocks, bm.full_kv_indices) = index_list(full);
+  bm.block_q = block_q;
+  bm.block_k = block_k;
+  bm.seq_len_q = Tq;
+  bm.seq_len_kv = Tk;
+  return bm;
+}
+
 torch::Tensor BlockMask::to_dense() const {
   const int64_t nkb = kv_indices.size(3);
   auto sizes = kv_indices.sizes();

@@ -88,6 +88,17 @@ BlockMask create_block_mask(const Mask& mask,
                             int64_t block_q = 128,
                             int64_t block_k = 128);
 
+/// Builds a block mask from a dense boolean keep mask (true = attend) by counting the visible
+/// elements of every [block_q x block_k] block: none -> skipped, all -> full, else partial. The
+/// dense mask itself still decides inside partial blocks, so pass both to `flex_attention`.
+///   keep: bool, broadcastable to [B, H, Tq, Tk] (2 to 4 dims; missing or size-1 B, H broadcast)
+/// Example:
+///   auto r = flex_attention(q, k, v, FlexAttentionOptions().mask(keep).block_mask(
+///       block_mask_from_keep(keep)));
+BlockMask block_mask_from_keep(const torch::Tensor& keep,
+                               int64_t block_q = 128,
+                               int64_t block_k = 128);
+
 /// Options of `flex_attention`. Every rule combines (logical and for masks).
 /// Example:
 ///   FlexAttentionOptions().causal(true).softcap(30.0).sinks(sink_logits)
