@@ -8,7 +8,9 @@
 //       --benchmark_report_aggregates_only=true
 //
 // Dense causal attention is not run at T = 32K (about 4x the 16K time, tens of seconds per
-// repeat on 2 cores); the table extrapolates it as 4x the 16K median and marks it "~".
+// repeat on 2 cores); the table extrapolates it as 4x the 16K median and marks it "~". The
+// whole run takes about 4 minutes on the loaded 2-core machine, most of it linear attention
+// and dense causal at 16K/32K (--benchmark_filter=GatedDelta|GdnDecode for a quick run).
 
 #include <attnkit/attnkit.h>
 
