@@ -1,9 +1,12 @@
 # Two entry points for a fresh Debian machine:
 #   make run    install deps if missing, build Release, run `attnkit tour`
 #   make test   install deps if missing, build Release, run the whole test suite (ctest)
+#   make bench  build the Google Benchmark binaries (bench/) and run them, medians of 3
 BUILD ?= build
 JOBS ?= $(shell nproc)
 CMAKE_ARGS ?=
+BENCH_ARGS ?= --benchmark_repetitions=3 --benchmark_report_aggregates_only=true
+BENCHES ?= flash_attention_bench linear_attention_bench
 
 .PHONY: deps configure build run test bench format clean
 
@@ -25,8 +28,9 @@ run: build
 test: build
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
 
-bench: build
-	$(BUILD)/tools/attnkit/attnkit bench
+bench: deps configure
+	cmake --build $(BUILD) --target $(BENCHES) -j $(JOBS)
+	for b in $(BENCHES); do $(BUILD)/bench/$$b $(BENCH_ARGS) || exit 1; done
 
 format:
 	clang-format -i $$(git ls-files '*.h' '*.cpp')
