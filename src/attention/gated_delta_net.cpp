@@ -489,9 +489,10 @@ void GatedDeltaNetImpl::pretty_print(std::ostream& stream) const {
   stream << ", use_qk_l2norm=" << detail::str(o.use_qk_l2norm()) << ")";
 }
 
-torch::Tensor GatedDeltaNetImpl::run(const torch::Tensor& x,
-                                     const torch::Tensor& attn_mask,
-                                     DecodeState* state) {
+AttentionOutput GatedDeltaNetImpl::run(const torch::Tensor& x,
+                                       const torch::Tensor& attn_mask,
+                                       DecodeState* state,
+                                       bool need_weights) {
   detail::check_sequence_input(kName, x, options.dim(), qkv_proj->weight);
   if (state) check_state(*state, x);
   const int64_t B = x.size(0), T = x.size(1);
@@ -539,19 +540,30 @@ torch::Tensor GatedDeltaNetImpl::run(const torch::Tensor& x,
     state->advance(T);
   }
   torch::Tensor o = out_norm(rule.output.transpose(1, 2)).reshape({B, T, Hv * Dv});  // [B, T, Dv]
-  return o_proj(torch::silu(g_proj(h)) * o);
+  AttentionOutput out{o_proj(torch::silu(g_proj(h)) * o), torch::Tensor()};
+  if (need_weights) {
+    // The rule is linear in v with zero initial state: values = the identity give A itself.
+    torch::Tensor identity = torch::eye(T, v.options()).expand({B, Hv, T, T});
+    out.attn_weights =
+        gated_delta_rule(q.transpose(1, 2), k.transpose(1, 2), identity, g, beta).output;
+  }
+  return out;
+}
+
+AttentionOutput GatedDeltaNetImpl::forward_with_aux(const torch::Tensor& x) {
+  return run(x, torch::Tensor(), nullptr, /*need_weights=*/true);
 }
 
 torch::Tensor GatedDeltaNetImpl::forward(const torch::Tensor& x) {
-  return run(x, torch::Tensor(), nullptr);
+  return run(x, torch::Tensor(), nullptr).output;
 }
 
 torch::Tensor GatedDeltaNetImpl::forward(const torch::Tensor& x, const torch::Tensor& attn_mask) {
-  return run(x, attn_mask, nullptr);
+  return run(x, attn_mask, nullptr).output;
 }
 
 torch::Tensor GatedDeltaNetImpl::forward(const torch::Tensor& x, DecodeState& state) {
-  return run(x, torch::Tensor(), &state);
+  return run(x, torch::Tensor(), &state).output;
 }
 
 DecodeState GatedDeltaNetImpl::init_state(int64_t batch_size) const {

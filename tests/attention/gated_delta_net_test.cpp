@@ -666,3 +666,36 @@ TEST(GatedDeltaNet, ConstructorErrors) {
 
 }  // namespace
 }  // namespace attnkit
+
+namespace attnkit {
+namespace {
+
+// The effective mixing matrix: causal, and it reproduces the rule's output from the values.
+TEST(GatedDeltaNet, AuxWeightsAreTheCausalMixingMatrix) {
+  torch::manual_seed(11);
+  GatedDeltaNet gdn(GatedDeltaNetOptions(32, 2, 4));
+  torch::Tensor x = torch::randn({2, 9, 32});
+  torch::NoGradGuard no_grad;
+  AttentionOutput aux = gdn->forward_with_aux(x);
+  EXPECT_TRUE(torch::allclose(aux.output, gdn(x), 1e-6, 1e-6));
+  ASSERT_EQ(aux.attn_weights.sizes(), torch::IntArrayRef({2, 4, 9, 9}));
+  EXPECT_EQ(aux.attn_weights.triu(1).abs().max().item<float>(), 0.0f);
+  torch::Tensor past = torch::ones({9, 9}, torch::kBool).tril().expand({2, 4, 9, 9});
+  EXPECT_GT(aux.attn_weights.masked_select(past).abs().min().item<float>(), 0.0f)
+      << "every past value counts";
+
+  // Linearity in v: the rule on identity values, times v, equals the rule on v.
+  const int64_t B = 1, Hqk = 2, Hv = 4, T = 70, dk = 8, dv = 5;
+  torch::Tensor q = torch::randn({B, Hqk, T, dk}),
+                k = torch::nn::functional::normalize(
+                    torch::randn({B, Hqk, T, dk}),
+                    torch::nn::functional::NormalizeFuncOptions().dim(-1));
+  torch::Tensor v = torch::randn({B, Hv, T, dv});
+  torch::Tensor g = -torch::rand({B, Hv, T}), beta = torch::rand({B, Hv, T});
+  torch::Tensor a = gated_delta_rule(q, k, torch::eye(T).expand({B, Hv, T, T}), g, beta).output;
+  torch::Tensor o = gated_delta_rule(q, k, v, g, beta).output;
+  EXPECT_TRUE(torch::allclose(torch::matmul(a, v), o, 1e-4, 1e-4));
+}
+
+}  // namespace
+}  // namespace attnkit

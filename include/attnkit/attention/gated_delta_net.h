@@ -228,6 +228,11 @@ class GatedDeltaNetImpl : public torch::nn::Cloneable<GatedDeltaNetImpl>, public
   /// attn_mask: [B, T] bool key-padding mask (true = real token), or undefined.
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& attn_mask) override;
   torch::Tensor forward(const torch::Tensor& x, DecodeState& state) override;
+  /// attn_weights: the delta rule's effective causal mixing matrix A [B, Hv, T, T], with
+  /// o_t = sum_s A[t, s] v_s before the output norm and gate (the rule is linear in the values,
+  /// so A is the rule applied to identity values). Signed; rows do not sum to 1. O(T^2): for
+  /// inspection and pictures, not for long sequences.
+  AttentionOutput forward_with_aux(const torch::Tensor& x) override;
   DecodeState init_state(int64_t batch_size) const override;
   bool supports_decoding() const override { return true; }
   std::string mechanism() const override { return "GatedDeltaNet"; }
@@ -244,7 +249,10 @@ class GatedDeltaNetImpl : public torch::nn::Cloneable<GatedDeltaNetImpl>, public
   RMSNorm out_norm{nullptr};
 
  private:
-  torch::Tensor run(const torch::Tensor& x, const torch::Tensor& attn_mask, DecodeState* state);
+  AttentionOutput run(const torch::Tensor& x,
+                      const torch::Tensor& attn_mask,
+                      DecodeState* state,
+                      bool need_weights = false);
 };
 ATTNKIT_ATTENTION_MODULE(GatedDeltaNet);
 
