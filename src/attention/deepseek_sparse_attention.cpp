@@ -186,9 +186,14 @@ DeepSeekSparseOutput DeepSeekSparseAttentionImpl::run(const torch::Tensor& x,
                                         index_qw.second.narrow(1, r0, n), index_k.narrow(1, 0, w))
                 .masked_fill(vis.logical_not(), kNegInf);
         const int64_t Kc = std::min(K, w);
-        torch::Tensor top = std::get<1>(torch::sort(sc, /*stable=*/true, /*dim=*/-1,
-                                                    /*descending=*/true))
-                                .narrow(-1, 0, Kc);
+        // The stable top-Kc without a sort: everything above the Kc-th largest score, then the
+        // earliest keys tied with it (what a stable descending sort keeps).
+        torch::Tensor kth = std::get<0>(torch::topk(sc, Kc, /*dim=*/-1)).narrow(-1, Kc - 1, 1);
+        torch::Tensor above = sc > kth;
+        torch::Tensor tie = sc == kth;
+        torch::Tensor need = Kc - above.sum(-1, /*keepdim=*/true);
+        torch::Tensor chosen = above | (tie & (tie.cumsum(-1) <= need));
+        torch::Tensor top = torch::nonzero(chosen).select(1, 2).view({B, n, Kc});
         torch::Tensor ok = vis.expand({B, n, w}).gather(-1, top);
         top = top.masked_fill(ok.logical_not(), -1);
         if (Kc < K) top = torch::constant_pad_nd(top, {0, K - Kc}, -1);
