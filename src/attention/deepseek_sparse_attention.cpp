@@ -1,10 +1,14 @@
 #include <attnkit/attention/deepseek_sparse_attention.h>
 
 #include <attnkit/functional/dot_product_attention.h>
+#include <attnkit/functional/flex_attention.h>
+#include <attnkit/functional/gather_attention.h>
 
 #include "attention/dense_common.h"
 
+#include <algorithm>
 #include <limits>
+#include <vector>
 
 namespace attnkit {
 
@@ -157,18 +161,66 @@ DeepSeekSparseOutput DeepSeekSparseAttentionImpl::run(const torch::Tensor& x,
   if (attn.mask().defined()) visible = visible & attn.mask().squeeze(1);
   if (attn.bias().defined()) visible = visible & (attn.bias().squeeze(1) != kNegInf);
 
+  const int64_t K = std::min(o.top_k(), Tk);
+  // Fused path: every query attends to its selected keys only (gather kernel, O(T K) instead of
+  // O(T Tk)). The masked dense call stays for the attention weights, an additive attn_mask, the
+  // reference backend and the dtypes the kernels do not cover.
+  const bool gather = !need_aux && !attn.bias().defined() && functional::fused_backend_selected() &&
+                      x.device().is_cpu() &&
+                      (q.scalar_type() == torch::kFloat || q.scalar_type() == torch::kBFloat16);
+  if (gather) {
+    // The selection by chunks of queries (no [B, T, Hi, Tk] intermediate); under the causal rule
+    // a chunk scores only the keys its last query can see. The selection is not differentiable.
+    torch::Tensor selected_indices;
+    {
+      torch::NoGradGuard no_grad;
+      const int64_t Hi = o.num_index_heads();
+      const int64_t rows = std::max<int64_t>(1, (int64_t{1} << 22) / std::max<int64_t>(1, Hi * Tk));
+      std::vector<torch::Tensor> parts;
+      for (int64_t r0 = 0; r0 < T; r0 += rows) {
+        const int64_t n = std::min(rows, T - r0);
+        const int64_t w = o.causal() ? std::max<int64_t>(1, std::min(Tk, Tk - T + r0 + n)) : Tk;
+        torch::Tensor vis = visible.narrow(1, r0, n).narrow(2, 0, w);
+        torch::Tensor sc =
+            LightningIndexerImpl::score(index_qw.first.narrow(1, r0, n),
+                                        index_qw.second.narrow(1, r0, n), index_k.narrow(1, 0, w))
+                .masked_fill(vis.logical_not(), kNegInf);
+        const int64_t Kc = std::min(K, w);
+        // The stable top-Kc without a sort: everything above the Kc-th largest score, then the
+        // earliest keys tied with it (what a stable descending sort keeps).
+        torch::Tensor kth = std::get<0>(torch::topk(sc, Kc, /*dim=*/-1)).narrow(-1, Kc - 1, 1);
+        torch::Tensor above = sc > kth;
+        torch::Tensor tie = sc == kth;
+        torch::Tensor need = Kc - above.sum(-1, /*keepdim=*/true);
+        torch::Tensor chosen = above | (tie & (tie.cumsum(-1) <= need));
+        torch::Tensor top = torch::nonzero(chosen).select(1, 2).view({B, n, Kc});
+        torch::Tensor ok = vis.expand({B, n, w}).gather(-1, top);
+        top = top.masked_fill(ok.logical_not(), -1);
+        if (Kc < K) top = torch::constant_pad_nd(top, {0, K - Kc}, -1);
+        parts.push_back(top);
+      }
+      selected_indices = torch::cat(parts, 1);  // [B, T, K], -1 = unused
+    }
+    // All heads share the selection: indices [B, H, T, K] (kv head h serves query head h).
+    torch::Tensor idx = selected_indices.unsqueeze(1).expand({B, H, T, K});
+    functional::GatherAttentionResult g = functional::gather_attention(q, k, v, idx);
+    DeepSeekSparseOutput out;
+    out.output = proj(g.output.transpose(1, 2).reshape({B, T, D}));
+    return out;
+  }
+
   // scores [B, T, Tk], -inf where invisible
   torch::Tensor index_scores = LightningIndexerImpl::score(index_qw.first, index_qw.second, index_k)
                                    .masked_fill(visible.logical_not(), kNegInf);
 
   // Top-k per query by a stable descending sort: equal scores keep the earlier key, whatever
   // the row length, so a decoding step selects what the full forward selects.
-  const int64_t K = std::min(o.top_k(), Tk);
   torch::Tensor order = std::get<1>(torch::sort(index_scores.detach(), /*stable=*/true,
                                                 /*dim=*/-1, /*descending=*/true));
   torch::Tensor top = order.narrow(-1, 0, K);                            // [B, T, K]
   torch::Tensor top_valid = visible.expand({B, T, Tk}).gather(-1, top);  // [B, T, K]
   torch::Tensor selected_indices = top.masked_fill(top_valid.logical_not(), -1);
+
   torch::Tensor selected = torch::zeros({B, T, Tk}, visible.options()).scatter(-1, top, top_valid);
 
   // The selection already implies causality; causal(true) stays set so that a block-sparse

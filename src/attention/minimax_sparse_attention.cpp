@@ -2,6 +2,8 @@
 
 #include <attnkit/core/rms_norm.h>
 #include <attnkit/functional/dot_product_attention.h>
+#include <attnkit/functional/flex_attention.h>
+#include <attnkit/functional/gather_attention.h>
 
 #include "attention/dense_common.h"
 
@@ -187,10 +189,43 @@ MiniMaxSparseOutput MiniMaxSparseAttentionImpl::run(const torch::Tensor& x,
   torch::Tensor order = std::get<1>(torch::sort(block_scores, /*stable=*/true, /*dim=*/-1,
                                                 /*descending=*/true));
   auto bool_opts = x.options().dtype(torch::kBool);
-  torch::Tensor blocks =
-      torch::zeros({B, Gk, T, nb}, bool_opts).scatter(-1, order.narrow(-1, 0, K), true);
   auto i64 = x.options().dtype(torch::kLong);
   torch::Tensor pos = torch::arange(T, i64).add(Tk - T).view({T, 1});  // query positions
+
+  // Fused path: each query attends to the tokens of its kept blocks through the gather kernel
+  // (O(T K bs) instead of O(T Tk)). The masked dense call stays for the attention weights, an
+  // additive attn_mask, the reference backend and the dtypes the kernels do not cover.
+  const bool gather = !need_aux && !attn.bias().defined() && functional::fused_backend_selected() &&
+                      x.device().is_cpu() &&
+                      (qm.scalar_type() == torch::kFloat || qm.scalar_type() == torch::kBFloat16);
+  if (gather) {
+    torch::Tensor sel = order.narrow(-1, 0, K);  // [B, Gk, T, K] distinct block ids
+    torch::Tensor ok = torch::ones(sel.sizes(), bool_opts);
+    if (o.causal()) ok = sel.mul(bs) <= pos;
+    if (o.force_current_block()) {
+      // The current block as one more list entry, unless it is already among the kept ones.
+      torch::Tensor current =
+          torch::div(pos, bs, "floor").clamp_max(nb - 1).view({1, 1, T, 1}).expand({B, Gk, T, 1});
+      torch::Tensor fresh = ((sel == current) & ok).any(-1, /*keepdim=*/true).logical_not();
+      sel = torch::cat({sel, current}, -1);
+      ok = torch::cat({ok.expand({B, Gk, T, K}), fresh}, -1);
+    }
+    const int64_t nsel = sel.size(-1);
+    // tokens [B, Gk, T, nsel * bs] of the kept blocks; -1 outside Tk, dropped blocks, invisible
+    torch::Tensor tok = (sel.mul(bs).unsqueeze(-1) + torch::arange(bs, i64)).view({B, Gk, T, -1});
+    torch::Tensor tok_ok =
+        ok.unsqueeze(-1).expand({B, Gk, T, nsel, bs}).reshape({B, Gk, T, -1}) & (tok < Tk);
+    torch::Tensor safe = tok.clamp_max(Tk - 1);
+    tok_ok = tok_ok & visible.expand({B, Gk, T, Tk}).gather(-1, safe);
+    torch::Tensor idx = tok.masked_fill(tok_ok.logical_not(), -1);
+    functional::GatherAttentionResult g = functional::gather_attention(qm, km, vm, idx);
+    MiniMaxSparseOutput out;
+    out.output = proj(g.output.transpose(1, 2).reshape({B, T, D}));
+    return out;
+  }
+
+  torch::Tensor blocks =
+      torch::zeros({B, Gk, T, nb}, bool_opts).scatter(-1, order.narrow(-1, 0, K), true);
   torch::Tensor block_start = torch::arange(nb, i64).mul(bs).view({1, nb});
   if (o.causal()) blocks = blocks & (block_start <= pos);
   if (o.force_current_block()) {

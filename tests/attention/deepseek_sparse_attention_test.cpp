@@ -11,6 +11,7 @@
 
 #include "support/contract.h"
 #include "support/naive.h"
+#include "support/tolerance.h"
 
 namespace attnkit {
 namespace {
@@ -135,6 +136,55 @@ TEST(DeepSeekSparseAttention, MatchesNaiveReimplementation) {
     EXPECT_LT(
         max_abs_diff(r.index_scores.masked_select(finite), expected.scores.masked_select(finite)),
         1e-10);
+  }
+}
+
+// The fused path (gather kernel over the selected indices, taken by forward) equals the masked
+// dense path (taken when the weights are requested), forward and backward.
+TEST(DeepSeekSparseAttention, GatherPathMatchesMaskedDensePath) {
+  // T = 1500 selects by several chunks of queries (narrowed to the visible keys when causal).
+  for (int64_t T : {13, 1500}) {
+    for (bool causal : {true, false}) {
+      for (bool with_mask : {false, true}) {
+        torch::manual_seed(1);
+        DeepSeekSparseAttention attn(small(T > 100 ? 37 : 5).causal(causal).bias(true));
+        torch::Tensor x0 = torch::randn({2, T, 32});
+        torch::Tensor mask;
+        if (with_mask) mask = torch::rand({2, T, T}) > 0.3;
+        torch::Tensor grad_out = torch::randn({2, T, 32});
+        auto run = [&](bool dense) {
+          attn->zero_grad();
+          torch::Tensor x = x0.clone().requires_grad_(true);
+          torch::Tensor y = dense       ? attn->forward_with_aux_sparse(x, mask).output
+                            : with_mask ? attn->forward(x, mask)
+                                        : attn->forward(x);
+          (y * grad_out).sum().backward();
+          std::vector<torch::Tensor> grads{x.grad()};
+          for (const auto& p : attn->parameters()) {
+            grads.push_back(p.grad().defined() ? p.grad().clone() : torch::zeros_like(p));
+          }
+          return std::make_pair(y.detach(), grads);
+        };
+        auto fused = run(false);
+        auto dense = run(true);
+        const std::string where = "T " + std::to_string(T) + std::string(" causal ") +
+                                  (causal ? "1" : "0") + " mask " + (with_mask ? "1" : "0");
+        EXPECT_LT(max_abs_diff(fused.first, dense.first), 1e-5) << where;
+        ASSERT_EQ(fused.second.size(), dense.second.size());
+        for (size_t i = 0; i < fused.second.size(); ++i) {
+          // parameter gradients sum over B * T tokens: 1e-5 relative to their largest entry
+          const double scale = std::max(1.0, dense.second[i].abs().max().item<double>());
+          EXPECT_LT(max_abs_diff(fused.second[i], dense.second[i]) / scale, 1e-5)
+              << where << " grad " << i;
+        }
+        {
+          testing::EnvGuard env("ATTNKIT_BACKEND", "reference");
+          torch::NoGradGuard no_grad;
+          torch::Tensor ref = with_mask ? attn->forward(x0, mask) : attn->forward(x0);
+          EXPECT_LT(max_abs_diff(fused.first, ref), 1e-5) << where;
+        }
+      }
+    }
   }
 }
 

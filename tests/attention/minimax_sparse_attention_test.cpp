@@ -13,6 +13,7 @@
 
 #include "support/contract.h"
 #include "support/naive.h"
+#include "support/tolerance.h"
 
 namespace attnkit {
 namespace {
@@ -192,6 +193,62 @@ TEST(MiniMaxSparseAttention, MatchesNaiveReimplementation) {
     EXPECT_LT(max_abs_diff(r.output, expected.output), 1e-10) << "config " << n;
     EXPECT_TRUE(torch::equal(r.keep, expected.keep)) << "config " << n;
     EXPECT_TRUE(torch::equal(r.selected_blocks, expected.blocks)) << "config " << n;
+  }
+}
+
+// The fused path (gather kernel over the tokens of the kept blocks, taken by forward) equals the
+// masked dense path (taken when the weights are requested), forward and backward.
+TEST(MiniMaxSparseAttention, GatherPathMatchesMaskedDensePath) {
+  struct Case {
+    const char* name;
+    MiniMaxSparseAttentionOptions options;
+  };
+  const std::vector<Case> cases{
+      {"top2", small(2).detach_index(false)},
+      {"top1_non_causal", small(1).causal(false)},
+      {"no_forced_block_groups4",
+       MiniMaxSparseAttentionOptions(32, 4, 4).block_size(3).top_k(2).force_current_block(false)},
+      {"all_blocks", small(1000).use_rope(false)},
+  };
+  for (const auto& c : cases) {
+    for (bool with_mask : {false, true}) {
+      torch::manual_seed(2);
+      MiniMaxSparseAttention attn(c.options);
+      torch::Tensor x0 = torch::randn({2, 15, 32});
+      torch::Tensor mask;
+      if (with_mask) mask = torch::rand({2, 15, 15}) > 0.3;
+      torch::Tensor grad_out = torch::randn({2, 15, 32});
+      auto run = [&](bool dense) {
+        attn->zero_grad();
+        torch::Tensor x = x0.clone().requires_grad_(true);
+        torch::Tensor y = dense       ? attn->forward_with_aux_sparse(x, mask).output
+                          : with_mask ? attn->forward(x, mask)
+                                      : attn->forward(x);
+        (y * grad_out).sum().backward();
+        std::vector<torch::Tensor> grads{x.grad()};
+        for (const auto& p : attn->parameters()) {
+          grads.push_back(p.grad().defined() ? p.grad().clone() : torch::zeros_like(p));
+        }
+        return std::make_pair(y.detach(), grads);
+      };
+      auto fused = run(false);
+      auto dense = run(true);
+      const std::string where = std::string(c.name) + " mask " + (with_mask ? "1" : "0");
+      EXPECT_LT(max_abs_diff(fused.first, dense.first), 1e-5) << where;
+      ASSERT_EQ(fused.second.size(), dense.second.size());
+      for (size_t i = 0; i < fused.second.size(); ++i) {
+        // parameter gradients sum over B * T tokens: 1e-5 relative to their largest entry
+        const double scale = std::max(1.0, dense.second[i].abs().max().item<double>());
+        EXPECT_LT(max_abs_diff(fused.second[i], dense.second[i]) / scale, 1e-5)
+            << where << " grad " << i;
+      }
+      {
+        testing::EnvGuard env("ATTNKIT_BACKEND", "reference");
+        torch::NoGradGuard no_grad;
+        torch::Tensor ref = with_mask ? attn->forward(x0, mask) : attn->forward(x0);
+        EXPECT_LT(max_abs_diff(fused.first, ref), 1e-5) << where;
+      }
+    }
   }
 }
 
