@@ -20,9 +20,9 @@
 #include <attnkit/attention/deepseek_sparse_attention.h>
 #include <attnkit/attention/delta_attention.h>
 #include <attnkit/attention/differential_attention.h>
-#include <attnkit/attention/gated_delta_net.h>
 #include <attnkit/attention/dilated_attention.h>
 #include <attnkit/attention/gated_attention.h>
+#include <attnkit/attention/gated_delta_net.h>
 #include <attnkit/attention/grouped_query_attention.h>
 #include <attnkit/attention/heavily_compressed_attention.h>
 #include <attnkit/attention/linear_attention.h>

@@ -4,9 +4,9 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
-#include "support/zoo_naive.h"
 #include "support/contract.h"
 #include "support/naive.h"
+#include "support/zoo_naive.h"
 
 #include <cmath>
 #include <sstream>

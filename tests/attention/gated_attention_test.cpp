@@ -8,8 +8,8 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
-#include "support/zoo_naive.h"
 #include "support/contract.h"
+#include "support/zoo_naive.h"
 
 #include <cmath>
 #include <sstream>
