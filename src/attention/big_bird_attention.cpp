@@ -3,6 +3,7 @@
 #include <attnkit/functional/dot_product_attention.h>
 
 #include "attention/dense_common.h"
+#include "attention/zoo_common.h"
 
 #include <ATen/CPUGeneratorImpl.h>
 
@@ -21,10 +22,7 @@ BigBirdAttentionOptions::BigBirdAttentionOptions(int64_t dim, int64_t num_heads)
 BigBirdAttentionImpl::BigBirdAttentionImpl(BigBirdAttentionOptions options_)
     : options(std::move(options_)) {
   const auto& o = options;
-  TORCH_CHECK(o.dim() > 0, kName, ": dim must be positive, got ", o.dim());
-  TORCH_CHECK(o.num_heads() > 0, kName, ": num_heads must be positive, got ", o.num_heads());
-  TORCH_CHECK(o.dim() % o.num_heads() == 0, kName, ": dim (", o.dim(),
-              ") must be divisible by num_heads (", o.num_heads(), ")");
+  detail::check_heads(kName, o.dim(), o.num_heads());
   TORCH_CHECK(o.block_size() > 0, kName, ": block_size must be positive, got ", o.block_size());
   TORCH_CHECK(o.num_window_blocks() > 0 && o.num_window_blocks() % 2 == 1, kName,
               ": num_window_blocks must be a positive odd number, got ", o.num_window_blocks());
@@ -40,13 +38,11 @@ BigBirdAttentionImpl::BigBirdAttentionImpl(int64_t dim, int64_t num_heads)
 
 void BigBirdAttentionImpl::reset() {
   const int64_t D = options.dim();
-  auto linear = [&]() {
-    return torch::nn::Linear(torch::nn::LinearOptions(D, D).bias(options.bias()));
-  };
-  q_proj = register_module("q_proj", linear());
-  k_proj = register_module("k_proj", linear());
-  v_proj = register_module("v_proj", linear());
-  o_proj = register_module("o_proj", linear());
+  auto layers = detail::register_zoo_layers(*this, D, options.bias());
+  q_proj = layers.q_proj;
+  k_proj = layers.k_proj;
+  v_proj = layers.v_proj;
+  o_proj = layers.o_proj;
 }
 
 void BigBirdAttentionImpl::reset_parameters() {

@@ -3,6 +3,7 @@
 #include <attnkit/functional/dot_product_attention.h>
 
 #include "attention/dense_common.h"
+#include "attention/zoo_common.h"
 
 namespace attnkit {
 
@@ -16,10 +17,7 @@ DeltaAttentionOptions::DeltaAttentionOptions(int64_t dim, int64_t num_heads)
 DeltaAttentionImpl::DeltaAttentionImpl(DeltaAttentionOptions options_)
     : options(std::move(options_)) {
   const auto& o = options;
-  TORCH_CHECK(o.dim() > 0, kName, ": dim must be positive, got ", o.dim());
-  TORCH_CHECK(o.num_heads() > 0, kName, ": num_heads must be positive, got ", o.num_heads());
-  TORCH_CHECK(o.dim() % o.num_heads() == 0, kName, ": dim (", o.dim(),
-              ") must be divisible by num_heads (", o.num_heads(), ")");
+  detail::check_heads(kName, o.dim(), o.num_heads());
   TORCH_CHECK(o.window() >= 1, kName,
               ": window must be >= 1 (the query's own key is in its window), got ", o.window());
   TORCH_CHECK(o.sink() >= 0, kName, ": sink must be >= 0, got ", o.sink());
@@ -32,13 +30,11 @@ DeltaAttentionImpl::DeltaAttentionImpl(int64_t dim, int64_t num_heads)
 
 void DeltaAttentionImpl::reset() {
   const int64_t D = options.dim();
-  auto linear = [&]() {
-    return torch::nn::Linear(torch::nn::LinearOptions(D, D).bias(options.bias()));
-  };
-  q_proj = register_module("q_proj", linear());
-  k_proj = register_module("k_proj", linear());
-  v_proj = register_module("v_proj", linear());
-  o_proj = register_module("o_proj", linear());
+  auto layers = detail::register_zoo_layers(*this, D, options.bias());
+  q_proj = layers.q_proj;
+  k_proj = layers.k_proj;
+  v_proj = layers.v_proj;
+  o_proj = layers.o_proj;
 }
 
 void DeltaAttentionImpl::reset_parameters() {

@@ -4,6 +4,7 @@
 #include <attnkit/functional/dot_product_attention.h>
 
 #include "attention/dense_common.h"
+#include "attention/zoo_common.h"
 
 #include <cmath>
 
@@ -46,13 +47,11 @@ DifferentialAttentionImpl::DifferentialAttentionImpl(int64_t dim, int64_t num_he
 
 void DifferentialAttentionImpl::reset() {
   const int64_t D = options.dim(), hd = D / (2 * options.num_heads());
-  auto linear = [&]() {
-    return torch::nn::Linear(torch::nn::LinearOptions(D, D).bias(options.bias()));
-  };
-  q_proj = register_module("q_proj", linear());
-  k_proj = register_module("k_proj", linear());
-  v_proj = register_module("v_proj", linear());
-  o_proj = register_module("o_proj", linear());
+  auto layers = detail::register_zoo_layers(*this, D, options.bias());
+  q_proj = layers.q_proj;
+  k_proj = layers.k_proj;
+  v_proj = layers.v_proj;
+  o_proj = layers.o_proj;
   head_norm = register_parameter("head_norm", torch::ones({2 * hd}));
   lambda_q1 = register_parameter("lambda_q1", torch::empty({hd}));
   lambda_k1 = register_parameter("lambda_k1", torch::empty({hd}));
