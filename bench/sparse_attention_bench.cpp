@@ -1,27 +1,89 @@
-// Forward time (no grad) of the sparse attention modules on the fused path (gather kernel over
-// the selected tokens) against the masked dense reference path (ATTNKIT_BACKEND=reference) and
-// against dense fused causal GQA of the same shape (B = 1, dim 1024, 8 heads). Medians of
-// repeats, 2 threads. The ideal ratio is dense attention FLOPs over sparse attention plus
-// indexer FLOPs (causal halves counted for both).
+// Forward time (no grad) and peak extra memory of the sparse attention modules on the fused path
+// (fused indexer top-k + gather kernel) against dense fused causal attention of the same shape
+// and against the masked dense reference path (ATTNKIT_BACKEND=reference). B = 1, dim 1024,
+// 8 heads of 128, fp32, 2 threads, medians of repeats.
 //
-//   build-fs/bench/sparse_attention_bench [--seqs 4096,16384] [--reps 3] [--ref-max 4096]
+// Every measurement runs in a child process (this binary with --case), so that its peak
+// resident memory is its own: "peak MB" is the peak RSS during the forward minus the RSS
+// before it. "attn s" is the module time minus the time of its projections alone (measured
+// the same way), i.e. the time of what the FLOP ratio counts: attention (+ indexer).
+// "ideal" is dense attention FLOPs over sparse attention plus indexer FLOPs, causal halves
+// counted for both; the target is dense attn / sparse attn >= ideal / 2.
+//
+//   build/bench/sparse_attention_bench [--seqs 4096,16384,32768] [--reps 3] [--ref-max 4096]
 
 #include <attnkit/attnkit.h>
 
 #include <torch/torch.h>
+
+#include <sys/resource.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <functional>
+#include <map>
 #include <string>
 #include <vector>
 
 namespace {
 
-constexpr int64_t kDim = 1024, kHeads = 8, kHeadDim = kDim / kHeads;
+constexpr int64_t kDim = 1024, kHeads = 8, kHeadDim = kDim / kHeads, kGroups = 2;
+
+// ---- child: one case, one sequence length
+
+double resident_mb() {
+  std::ifstream statm("/proc/self/statm");
+  long pages = 0, resident = 0;
+  statm >> pages >> resident;
+  return static_cast<double>(resident) * 4096.0 / (1 << 20);
+}
+
+double peak_mb() {
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  return static_cast<double>(usage.ru_maxrss) / 1024.0;
+}
+
+torch::Tensor linear(torch::nn::Linear l, const torch::Tensor& x) { return l->forward(x); }
+
+// The module forward of `name` and, as `proj`, the forward of its projections alone.
+void make_case(const std::string& name,
+               std::function<void(const torch::Tensor&)>& forward,
+               std::function<void(const torch::Tensor&)>& proj) {
+  using namespace attnkit;  // NOLINT
+  if (name == "dense_mha" || name == "dense_gqa2") {
+    GroupedQueryAttention m(
+        GroupedQueryAttentionOptions(kDim, kHeads, name == "dense_mha" ? kHeads : kGroups)
+            .causal(true));
+    forward = [m](const torch::Tensor& x) mutable { m->forward(x); };
+    proj = [m](const torch::Tensor& x) mutable {
+      linear(m->q_proj, x), linear(m->k_proj, x), linear(m->v_proj, x);
+      linear(m->o_proj, x);
+    };
+  } else if (name.rfind("dsa_top", 0) == 0) {
+    DeepSeekSparseAttention m(
+        DeepSeekSparseAttentionOptions(kDim, kHeads).top_k(std::atoll(name.c_str() + 7)));
+    forward = [m](const torch::Tensor& x) mutable { m->forward(x); };
+    proj = [m](const torch::Tensor& x) mutable {
+      linear(m->qkv, x), linear(m->proj, x);
+      linear(m->indexer->wq, x), linear(m->indexer->wk, x), linear(m->indexer->ww, x);
+    };
+  } else if (name == "minimax") {
+    MiniMaxSparseAttention m(MiniMaxSparseAttentionOptions(kDim, kHeads, kGroups));
+    forward = [m](const torch::Tensor& x) mutable { m->forward(x); };
+    proj = [m](const torch::Tensor& x) mutable {
+      linear(m->q, x), linear(m->k, x), linear(m->v, x), linear(m->proj, x);
+      linear(m->idx_q, x), linear(m->idx_k, x);
+    };
+  } else {
+    std::fprintf(stderr, "unknown case %s\n", name.c_str());
+    std::exit(2);
+  }
+}
 
 double median_seconds(const std::function<void()>& fn, int reps) {
   std::vector<double> t;
@@ -34,47 +96,54 @@ double median_seconds(const std::function<void()>& fn, int reps) {
   return t[t.size() / 2];
 }
 
-double time_module(const std::function<torch::Tensor(const torch::Tensor&)>& fwd,
-                   const torch::Tensor& x,
-                   int reps,
-                   bool reference) {
-  if (reference) {
-    setenv("ATTNKIT_BACKEND", "reference", 1);
-  } else {
-    unsetenv("ATTNKIT_BACKEND");
-  }
+// Prints "<module s> <projection s> <peak extra MB>".
+int run_child(const std::string& name, int64_t T, int reps) {
+  torch::set_num_threads(2);
+  torch::manual_seed(0);
   torch::NoGradGuard no_grad;
-  double s = median_seconds([&] { fwd(x); }, reps);
-  unsetenv("ATTNKIT_BACKEND");
-  return s;
+  std::function<void(const torch::Tensor&)> forward, proj;
+  make_case(name, forward, proj);
+  torch::Tensor x = torch::randn({1, T, kDim});
+  const double before = resident_mb();
+  forward(x);  // warm-up and the peak-memory run
+  const double extra = peak_mb() - before;
+  const double module = median_seconds([&] { forward(x); }, reps);
+  const double projections = median_seconds([&] { proj(x); }, reps);
+  std::printf("%.6f %.6f %.1f\n", module, projections, extra);
+  return 0;
 }
 
-// Causal attention FLOPs (QK^T and PV) of H heads when query t sees keys(t) keys.
+// ---- parent: the table
+
+struct Measure {
+  double module = 0, proj = 0, peak = 0;
+  double attn() const { return std::max(1e-9, module - proj); }
+};
+
+Measure measure(const char* self, const std::string& name, int64_t T, int reps, bool reference) {
+  std::string cmd = std::string(reference ? "ATTNKIT_BACKEND=reference " : "") + self + " --case " +
+                    name + " --seq " + std::to_string(T) + " --reps " + std::to_string(reps);
+  Measure m;
+  FILE* pipe = popen(cmd.c_str(), "r");
+  if (pipe == nullptr || std::fscanf(pipe, "%lf %lf %lf", &m.module, &m.proj, &m.peak) != 3) {
+    std::fprintf(stderr, "failed: %s\n", cmd.c_str());
+    std::exit(1);
+  }
+  pclose(pipe);
+  return m;
+}
+
+// Causal attention FLOPs (QK^T and PV) of all heads when query t sees keys(t) keys.
 double attention_flops(int64_t T, const std::function<double(int64_t)>& keys) {
   double sum = 0;
   for (int64_t t = 0; t < T; ++t) sum += keys(t);
   return 4.0 * kHeads * kHeadDim * sum;
 }
 
-struct Row {
-  std::string name;
-  int64_t T;
-  double fused, reference, dense, ideal;
-};
-
-void print(const Row& r) {
-  char ref[32] = "-";
-  if (r.reference > 0) std::snprintf(ref, sizeof(ref), "%.3f", r.reference);
-  std::printf("%-22s %6lld %10.3f %10s %10.3f %12.2f %10.2f\n", r.name.c_str(),
-              static_cast<long long>(r.T), r.fused, ref, r.dense, r.dense / r.fused, r.ideal);
-  std::fflush(stdout);
-}
-
 std::vector<int64_t> parse_list(const char* s) {
   std::vector<int64_t> out;
   std::string str(s);
-  size_t pos = 0;
-  while (pos < str.size()) {
+  for (size_t pos = 0; pos < str.size();) {
     size_t next = str.find(',', pos);
     if (next == std::string::npos) next = str.size();
     out.push_back(std::atoll(str.substr(pos, next - pos).c_str()));
@@ -86,68 +155,65 @@ std::vector<int64_t> parse_list(const char* s) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::vector<int64_t> seqs{4096, 16384};
+  std::vector<int64_t> seqs{4096, 16384, 32768};
   int reps = 3;
-  int64_t ref_max = 4096;
+  int64_t ref_max = 4096, seq = 0;
+  std::string only;
   for (int i = 1; i + 1 < argc; i += 2) {
     if (std::strcmp(argv[i], "--seqs") == 0) seqs = parse_list(argv[i + 1]);
     if (std::strcmp(argv[i], "--reps") == 0) reps = std::atoi(argv[i + 1]);
     if (std::strcmp(argv[i], "--ref-max") == 0) ref_max = std::atoll(argv[i + 1]);
+    if (std::strcmp(argv[i], "--case") == 0) only = argv[i + 1];
+    if (std::strcmp(argv[i], "--seq") == 0) seq = std::atoll(argv[i + 1]);
   }
-  torch::set_num_threads(2);
-  torch::manual_seed(0);
-  std::printf("B=1 dim=%lld heads=%lld, forward no grad, median of %d, seconds\n",
-              static_cast<long long>(kDim), static_cast<long long>(kHeads), reps);
-  std::printf("%-22s %6s %10s %10s %10s %12s %10s\n", "mechanism", "T", "fused", "masked_ref",
-              "dense_gqa", "dense/fused", "ideal");
+  if (!only.empty()) return run_child(only, seq, reps);
 
+  std::printf(
+      "B=1 dim=%lld heads=%lld (MiniMax: %lld kv groups), fp32, 2 threads, forward no "
+      "grad, median of %d\n",
+      static_cast<long long>(kDim), static_cast<long long>(kHeads), static_cast<long long>(kGroups),
+      reps);
+  std::printf("%-14s %6s %9s %8s %8s %9s %9s %9s %7s %8s\n", "mechanism", "T", "module s", "attn s",
+              "peak MB", "ref s", "ref MB", "dense/sp", "ideal", "target");
   for (int64_t T : seqs) {
-    torch::Tensor x = torch::randn({1, T, kDim});
-    const bool ref = T <= ref_max;
     const double dense_flops = attention_flops(T, [](int64_t t) { return t + 1.0; });
-
-    attnkit::GroupedQueryAttention mha(
-        attnkit::GroupedQueryAttentionOptions(kDim, kHeads, kHeads).causal(true));
-    const double dense_mha =
-        time_module([&](const torch::Tensor& in) { return mha->forward(in); }, x, reps, false);
-
+    const Measure mha = measure(argv[0], "dense_mha", T, reps, false);
+    const Measure gqa = measure(argv[0], "dense_gqa2", T, reps, false);
+    auto row = [&](const std::string& name, const Measure& m, const Measure* dense, double ideal) {
+      char ref_s[16] = "-", ref_mb[16] = "-", ratio[16] = "-", ideal_s[16] = "-", target[16] = "-";
+      if (dense != nullptr) {
+        std::snprintf(ratio, sizeof(ratio), "%.2f", dense->attn() / m.attn());
+        std::snprintf(ideal_s, sizeof(ideal_s), "%.2f", ideal);
+        std::snprintf(target, sizeof(target), "%s",
+                      dense->attn() / m.attn() >= ideal / 2 ? "met" : "not met");
+        if (T <= ref_max) {
+          const Measure ref = measure(argv[0], name, T, 1, true);
+          std::snprintf(ref_s, sizeof(ref_s), "%.3f", ref.module);
+          std::snprintf(ref_mb, sizeof(ref_mb), "%.0f", ref.peak);
+        }
+      }
+      std::printf("%-14s %6lld %9.3f %8.3f %8.0f %9s %9s %9s %7s %8s\n", name.c_str(),
+                  static_cast<long long>(T), m.module, m.attn(), m.peak, ref_s, ref_mb, ratio,
+                  ideal_s, target);
+      std::fflush(stdout);
+    };
+    row("dense_mha", mha, nullptr, 0);
     for (int64_t top_k : {64, 256, 2048}) {
-      attnkit::DeepSeekSparseAttention dsa(
-          attnkit::DeepSeekSparseAttentionOptions(kDim, kHeads).top_k(top_k));
-      auto fwd = [&](const torch::Tensor& in) { return dsa->forward(in); };
-      const auto& o = dsa->options;
-      // indexer: Hi heads of q.k over the causal half plus the head-weighted sum
-      const double indexer =
-          (2.0 * o.num_index_heads() * o.index_head_dim() + 2.0 * o.num_index_heads()) * T *
-          (T + 1) / 2;
+      const std::string name = "dsa_top" + std::to_string(top_k);
+      // indexer: 4 heads of 64 over the causal half plus the head-weighted sum
+      const double indexer = (2.0 * 4 * 64 + 2.0 * 4) * T * (T + 1) / 2;
       const double sparse =
           attention_flops(T, [&](int64_t t) { return std::min<double>(t + 1, top_k); });
-      Row r{"dsa_top" + std::to_string(top_k),        T,         time_module(fwd, x, reps, false),
-            ref ? time_module(fwd, x, 1, true) : 0.0, dense_mha, dense_flops / (sparse + indexer)};
-      print(r);
+      row(name, measure(argv[0], name, T, reps, false), &mha, dense_flops / (sparse + indexer));
     }
-
-    const int64_t groups = 2;
-    attnkit::GroupedQueryAttention gqa(
-        attnkit::GroupedQueryAttentionOptions(kDim, kHeads, groups).causal(true));
-    const double dense_gqa =
-        time_module([&](const torch::Tensor& in) { return gqa->forward(in); }, x, reps, false);
-    attnkit::MiniMaxSparseAttention msa(
-        attnkit::MiniMaxSparseAttentionOptions(kDim, kHeads, groups));
-    const auto& o = msa->options;
-    const int64_t bs = o.block_size(), di = o.index_dim() > 0 ? o.index_dim() : kHeadDim;
-    auto fwd = [&](const torch::Tensor& in) { return msa->forward(in); };
-    const double indexer = 2.0 * groups * di * T * (T + 1) / 2;
-    // up to top_k full blocks plus the partial current block
+    row("dense_gqa2", gqa, nullptr, 0);
+    // MiniMax defaults: 16 blocks of 128 plus the current block; indexer 2 groups of 128
+    const int64_t bs = 128, top = 16;
+    const double indexer = 2.0 * kGroups * kHeadDim * T * (T + 1) / 2;
     const double sparse = attention_flops(
-        T, [&](int64_t t) { return std::min<double>(t + 1, o.top_k() * bs + t % bs + 1); });
-    Row r{"minimax_top" + std::to_string(o.top_k()) + "_bs" + std::to_string(bs),
-          T,
-          time_module(fwd, x, reps, false),
-          ref ? time_module(fwd, x, 1, true) : 0.0,
-          dense_gqa,
-          dense_flops / (sparse + indexer)};
-    print(r);
+        T, [&](int64_t t) { return std::min<double>(t + 1, top * bs + t % bs + 1); });
+    row("minimax", measure(argv[0], "minimax", T, reps, false), &gqa,
+        dense_flops / (sparse + indexer));
   }
   return 0;
 }

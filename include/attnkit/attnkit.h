@@ -9,6 +9,7 @@
 #include <attnkit/functional/dot_product_attention.h>
 #include <attnkit/functional/flex_attention.h>
 #include <attnkit/functional/gather_attention.h>
+#include <attnkit/functional/index_topk.h>
 
 #include <attnkit/attention/alibi_attention.h>
 #include <attnkit/attention/attention.h>

@@ -3,12 +3,12 @@
 #include <attnkit/functional/dot_product_attention.h>
 #include <attnkit/functional/flex_attention.h>
 #include <attnkit/functional/gather_attention.h>
+#include <attnkit/functional/index_topk.h>
 
 #include "attention/dense_common.h"
 
 #include <algorithm>
 #include <limits>
-#include <vector>
 
 namespace attnkit {
 
@@ -150,16 +150,11 @@ DeepSeekSparseOutput DeepSeekSparseAttentionImpl::run(const torch::Tensor& x,
   }
   const int64_t Tk = k.size(2);
 
-  // Visibility [B or 1, T, Tk]: the causal rule (bottom-right aligned) and the attn_mask.
+  // The causal rule (bottom-right aligned) and the attn_mask.
   DotProductAttentionOptions attn;
   attn.causal(o.causal()).need_weights(need_aux);
   // num_heads = 1: the selection is shared by all heads, so per-head masks are refused.
   detail::add_attn_mask(kName, attn_mask, B, /*num_heads=*/1, T, attn);
-  torch::Tensor visible = positional_keep_mask(T, Tk, attn, x.device());
-  if (!visible.defined()) visible = torch::ones({T, Tk}, x.options().dtype(torch::kBool));
-  visible = visible.unsqueeze(0);
-  if (attn.mask().defined()) visible = visible & attn.mask().squeeze(1);
-  if (attn.bias().defined()) visible = visible & (attn.bias().squeeze(1) != kNegInf);
 
   const int64_t K = std::min(o.top_k(), Tk);
   // Fused path: every query attends to its selected keys only (gather kernel, O(T K) instead of
@@ -169,47 +164,26 @@ DeepSeekSparseOutput DeepSeekSparseAttentionImpl::run(const torch::Tensor& x,
                       x.device().is_cpu() &&
                       (q.scalar_type() == torch::kFloat || q.scalar_type() == torch::kBFloat16);
   if (gather) {
-    // The selection by chunks of queries (no [B, T, Hi, Tk] intermediate); under the causal rule
-    // a chunk scores only the keys its last query can see. The selection is not differentiable.
-    torch::Tensor selected_indices;
-    {
-      torch::NoGradGuard no_grad;
-      const int64_t Hi = o.num_index_heads();
-      const int64_t rows = std::max<int64_t>(1, (int64_t{1} << 22) / std::max<int64_t>(1, Hi * Tk));
-      std::vector<torch::Tensor> parts;
-      for (int64_t r0 = 0; r0 < T; r0 += rows) {
-        const int64_t n = std::min(rows, T - r0);
-        const int64_t w = o.causal() ? std::max<int64_t>(1, std::min(Tk, Tk - T + r0 + n)) : Tk;
-        torch::Tensor vis = visible.narrow(1, r0, n).narrow(2, 0, w);
-        torch::Tensor sc =
-            LightningIndexerImpl::score(index_qw.first.narrow(1, r0, n),
-                                        index_qw.second.narrow(1, r0, n), index_k.narrow(1, 0, w))
-                .masked_fill(vis.logical_not(), kNegInf);
-        const int64_t Kc = std::min(K, w);
-        // The stable top-Kc without a sort: everything above the Kc-th largest score, then the
-        // earliest keys tied with it (what a stable descending sort keeps).
-        torch::Tensor kth = std::get<0>(torch::topk(sc, Kc, /*dim=*/-1)).narrow(-1, Kc - 1, 1);
-        torch::Tensor above = sc > kth;
-        torch::Tensor tie = sc == kth;
-        torch::Tensor need = Kc - above.sum(-1, /*keepdim=*/true);
-        torch::Tensor chosen = above | (tie & (tie.cumsum(-1) <= need));
-        torch::Tensor top = torch::nonzero(chosen).select(1, 2).view({B, n, Kc});
-        torch::Tensor ok = vis.expand({B, n, w}).gather(-1, top);
-        top = top.masked_fill(ok.logical_not(), -1);
-        if (Kc < K) top = torch::constant_pad_nd(top, {0, K - Kc}, -1);
-        parts.push_back(top);
-      }
-      selected_indices = torch::cat(parts, 1);  // [B, T, K], -1 = unused
-    }
-    // All heads share the selection: indices [B, H, T, K] (kv head h serves query head h).
-    torch::Tensor idx = selected_indices.unsqueeze(1).expand({B, H, T, K});
-    functional::GatherAttentionResult g = functional::gather_attention(q, k, v, idx);
+    // The fused indexer scores every visible key and keeps the top K per query without a
+    // [T, Tk] score matrix; its one list per query is shared by all heads (kv head h serves
+    // query head h). The selection is not differentiable.
+    auto select = functional::IndexTopkOptions().top_k(K).causal(o.causal()).relu(true);
+    if (attn.mask().defined()) select.mask(attn.mask().squeeze(1));
+    torch::Tensor selected_indices = functional::index_topk(
+        index_qw.first.unsqueeze(1), index_k, index_qw.second.unsqueeze(1), select);  // [B,1,T,K]
+    functional::GatherAttentionResult g = functional::gather_attention(q, k, v, selected_indices);
     DeepSeekSparseOutput out;
     out.output = proj(g.output.transpose(1, 2).reshape({B, T, D}));
     return out;
   }
 
-  // scores [B, T, Tk], -inf where invisible
+  // Visibility [B or 1, T, Tk] and scores [B, T, Tk], -inf where invisible
+  torch::Tensor visible = positional_keep_mask(T, Tk, attn, x.device());
+  if (!visible.defined()) visible = torch::ones({T, Tk}, x.options().dtype(torch::kBool));
+  visible = visible.unsqueeze(0);
+  if (attn.mask().defined()) visible = visible & attn.mask().squeeze(1);
+  if (attn.bias().defined()) visible = visible & (attn.bias().squeeze(1) != kNegInf);
+
   torch::Tensor index_scores = LightningIndexerImpl::score(index_qw.first, index_qw.second, index_k)
                                    .masked_fill(visible.logical_not(), kNegInf);
 

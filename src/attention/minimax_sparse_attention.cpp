@@ -4,11 +4,14 @@
 #include <attnkit/functional/dot_product_attention.h>
 #include <attnkit/functional/flex_attention.h>
 #include <attnkit/functional/gather_attention.h>
+#include <attnkit/functional/index_topk.h>
 
 #include "attention/dense_common.h"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
+#include <vector>
 
 namespace attnkit {
 
@@ -163,66 +166,89 @@ MiniMaxSparseOutput MiniMaxSparseAttentionImpl::run(const torch::Tensor& x,
   const int64_t Tk = km.size(2);
   const int64_t nb = (Tk + bs - 1) / bs;
 
-  // Visibility [B or 1, 1, T, Tk]: the causal rule (bottom-right aligned) and the attn_mask.
+  // The causal rule (bottom-right aligned) and the attn_mask.
   DotProductAttentionOptions attn;
   attn.causal(o.causal()).need_weights(need_aux);
   // num_heads = 1: the mask is shared by all groups, so per-head masks are refused.
   detail::add_attn_mask(kName, attn_mask, B, /*num_heads=*/1, T, attn);
+  const int64_t K = std::max<int64_t>(1, std::min(o.top_k(), nb));
+  const double index_scale = 1.0 / std::sqrt(static_cast<double>(di));
+  auto bool_opts = x.options().dtype(torch::kBool);
+  auto i64 = x.options().dtype(torch::kLong);
+  torch::Tensor pos = torch::arange(T, i64).add(Tk - T).view({T, 1});  // query positions
+
+  // Fused path: the fused indexer picks each query's top blocks without a [T, Tk] score matrix,
+  // then each query attends to the tokens of its blocks through the gather kernel (O(T K bs)
+  // instead of O(T Tk)). The masked dense call stays for the attention weights, an additive
+  // attn_mask, the reference backend and the dtypes the kernels do not cover.
+  const bool gather = !need_aux && !attn.bias().defined() && functional::fused_backend_selected() &&
+                      x.device().is_cpu() &&
+                      (qm.scalar_type() == torch::kFloat || qm.scalar_type() == torch::kBFloat16);
+  if (gather) {
+    torch::Tensor mask = attn.mask().defined() ? attn.mask().squeeze(1) : torch::Tensor();
+    auto select = functional::IndexTopkOptions()
+                      .top_k(K)
+                      .causal(o.causal())
+                      .relu(false)
+                      .scale(index_scale)
+                      .block_size(bs)
+                      .mask(mask);
+    // [B, Gk, T, K] block ids ascending, -1 = unused
+    torch::Tensor sel = functional::index_topk(qi.transpose(1, 2).unsqueeze(3), ki, {}, select);
+    if (o.force_current_block()) {
+      // The current block as one more list entry, unless it is already among the kept ones.
+      torch::Tensor current =
+          torch::div(pos, bs, "floor").clamp_max(nb - 1).view({1, 1, T, 1}).expand({B, Gk, T, 1});
+      sel = torch::cat({sel, current.masked_fill((sel == current).any(-1, true), -1)}, -1);
+    }
+    // Token lists by chunks of queries ([B, Gk, n, nsel * bs] int64 each): a block's tokens,
+    // -1 past Tk, in the future or masked.
+    const int64_t nsel = sel.size(-1);
+    const int64_t rows = std::max<int64_t>(1, (int64_t{1} << 22) / (B * Gk * nsel * bs));
+    torch::Tensor offsets = torch::arange(bs, i64);
+    std::vector<torch::Tensor> outs;
+    for (int64_t r0 = 0; r0 < T; r0 += rows) {
+      const int64_t n = std::min(rows, T - r0);
+      torch::Tensor blocks = sel.narrow(2, r0, n);
+      torch::Tensor tok = (blocks.mul(bs).unsqueeze(-1) + offsets).view({B, Gk, n, -1});
+      torch::Tensor ok =
+          blocks.ge(0).unsqueeze(-1).expand({B, Gk, n, nsel, bs}).reshape({B, Gk, n, -1}) &
+          tok.lt(Tk);
+      if (o.causal()) ok = ok & tok.le(pos.narrow(0, r0, n));
+      if (mask.defined()) {
+        ok = ok & mask.narrow(1, r0, n)
+                      .unsqueeze(1)
+                      .expand({B, Gk, n, Tk})
+                      .gather(-1, tok.clamp(0, Tk - 1));
+      }
+      outs.push_back(functional::gather_attention(qm.narrow(2, r0, n), km, vm,
+                                                  tok.masked_fill(ok.logical_not(), -1))
+                         .output);
+    }
+    MiniMaxSparseOutput out;
+    out.output = proj(torch::cat(outs, 2).transpose(1, 2).reshape({B, T, D}));
+    return out;
+  }
+
+  // Visibility [B or 1, 1, T, Tk]; token index scores [B, Gk, T, Tk] in float (double for
+  // double), -inf where invisible.
   torch::Tensor visible = positional_keep_mask(T, Tk, attn, x.device());
-  if (!visible.defined()) visible = torch::ones({T, Tk}, x.options().dtype(torch::kBool));
+  if (!visible.defined()) visible = torch::ones({T, Tk}, bool_opts);
   visible = visible.view({1, 1, T, Tk});
   if (attn.mask().defined()) visible = visible & attn.mask();
   if (attn.bias().defined()) visible = visible & (attn.bias() != kNegInf);
-
-  // Token index scores [B, Gk, T, Tk] in float (double for double), -inf where invisible.
   const auto compute = x.scalar_type() == torch::kDouble ? torch::kDouble : torch::kFloat;
   torch::Tensor index_scores =
       torch::matmul(qi.transpose(1, 2).to(compute), ki.unsqueeze(1).transpose(-1, -2).to(compute)) *
-      (1.0 / std::sqrt(static_cast<double>(di)));
+      index_scale;
   index_scores = index_scores.masked_fill(visible.logical_not(), kNegInf);
 
   // Block scores [B, Gk, T, nb]: max over each block's tokens (the tail padded with -inf).
   torch::Tensor padded = torch::constant_pad_nd(index_scores.detach(), {0, nb * bs - Tk}, kNegInf);
   torch::Tensor block_scores = std::get<0>(padded.view({B, Gk, T, nb, bs}).max(-1));
   // Top blocks by a stable descending sort: equal scores keep the earlier block whatever nb is.
-  const int64_t K = std::max<int64_t>(1, std::min(o.top_k(), nb));
   torch::Tensor order = std::get<1>(torch::sort(block_scores, /*stable=*/true, /*dim=*/-1,
                                                 /*descending=*/true));
-  auto bool_opts = x.options().dtype(torch::kBool);
-  auto i64 = x.options().dtype(torch::kLong);
-  torch::Tensor pos = torch::arange(T, i64).add(Tk - T).view({T, 1});  // query positions
-
-  // Fused path: each query attends to the tokens of its kept blocks through the gather kernel
-  // (O(T K bs) instead of O(T Tk)). The masked dense call stays for the attention weights, an
-  // additive attn_mask, the reference backend and the dtypes the kernels do not cover.
-  const bool gather = !need_aux && !attn.bias().defined() && functional::fused_backend_selected() &&
-                      x.device().is_cpu() &&
-                      (qm.scalar_type() == torch::kFloat || qm.scalar_type() == torch::kBFloat16);
-  if (gather) {
-    torch::Tensor sel = order.narrow(-1, 0, K);  // [B, Gk, T, K] distinct block ids
-    torch::Tensor ok = torch::ones(sel.sizes(), bool_opts);
-    if (o.causal()) ok = sel.mul(bs) <= pos;
-    if (o.force_current_block()) {
-      // The current block as one more list entry, unless it is already among the kept ones.
-      torch::Tensor current =
-          torch::div(pos, bs, "floor").clamp_max(nb - 1).view({1, 1, T, 1}).expand({B, Gk, T, 1});
-      torch::Tensor fresh = ((sel == current) & ok).any(-1, /*keepdim=*/true).logical_not();
-      sel = torch::cat({sel, current}, -1);
-      ok = torch::cat({ok.expand({B, Gk, T, K}), fresh}, -1);
-    }
-    const int64_t nsel = sel.size(-1);
-    // tokens [B, Gk, T, nsel * bs] of the kept blocks; -1 outside Tk, dropped blocks, invisible
-    torch::Tensor tok = (sel.mul(bs).unsqueeze(-1) + torch::arange(bs, i64)).view({B, Gk, T, -1});
-    torch::Tensor tok_ok =
-        ok.unsqueeze(-1).expand({B, Gk, T, nsel, bs}).reshape({B, Gk, T, -1}) & (tok < Tk);
-    torch::Tensor safe = tok.clamp_max(Tk - 1);
-    tok_ok = tok_ok & visible.expand({B, Gk, T, Tk}).gather(-1, safe);
-    torch::Tensor idx = tok.masked_fill(tok_ok.logical_not(), -1);
-    functional::GatherAttentionResult g = functional::gather_attention(qm, km, vm, idx);
-    MiniMaxSparseOutput out;
-    out.output = proj(g.output.transpose(1, 2).reshape({B, T, D}));
-    return out;
-  }
 
   torch::Tensor blocks =
       torch::zeros({B, Gk, T, nb}, bool_opts).scatter(-1, order.narrow(-1, 0, K), true);

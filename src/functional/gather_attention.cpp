@@ -22,10 +22,10 @@ void check_gather_inputs(const char* fn,
                          const torch::Tensor& weights) {
   check_attention_inputs(fn, q, k, v, DotProductAttentionOptions());
   const int64_t B = q.size(0), Hkv = k.size(1), Tq = q.size(2);
-  TORCH_CHECK(
-      indices.dim() == 4 && indices.size(0) == B && indices.size(1) == Hkv && indices.size(2) == Tq,
-      fn, ": expected indices of shape [B, Hkv, Tq, K] = [", B, ", ", Hkv, ", ", Tq, ", K], got ",
-      indices.sizes());
+  TORCH_CHECK(indices.dim() == 4 && indices.size(0) == B &&
+                  (indices.size(1) == Hkv || indices.size(1) == 1) && indices.size(2) == Tq,
+              fn, ": expected indices of shape [B, Hkv or 1, Tq, K] = [", B, ", ", Hkv, " or 1, ",
+              Tq, ", K], got ", indices.sizes());
   TORCH_CHECK(!indices.is_floating_point() && !indices.is_complex() &&
                   indices.scalar_type() != torch::kBool,
               fn, ": expected integer indices, got ", indices.scalar_type());
@@ -70,10 +70,15 @@ Prepared prepare(const torch::Tensor& q,
   p.v = v.data_ptr();
   p.v_stride_b = v.stride(0), p.v_stride_h = v.stride(1), p.v_stride_t = v.stride(2),
   p.v_stride_d = v.stride(3);
-  prep.indices = indices.to(torch::kLong).contiguous();
+  // One list per query shared by the kv heads is read in place; with weights (whose gradient
+  // is per list entry) it is expanded to one list per kv head.
+  const int64_t Hkv = k.size(1);
+  p.shared_lists = indices.size(1) == 1 && !weights.defined();
+  const int64_t lists = p.shared_lists ? 1 : Hkv;
+  prep.indices = indices.to(torch::kLong).expand({-1, lists, -1, -1}).contiguous();
   p.indices = prep.indices.data_ptr<int64_t>();
   if (weights.defined()) {
-    prep.weights = weights.detach().to(torch::kFloat).contiguous();
+    prep.weights = weights.detach().to(torch::kFloat).expand({-1, Hkv, -1, -1}).contiguous();
     p.maybe_weights = prep.weights.data_ptr<float>();
   }
   p.scale = static_cast<float>(o.scale().value_or(1.0 / std::sqrt(static_cast<double>(q.size(3)))));
@@ -129,7 +134,9 @@ class GatherAttentionFunction : public torch::autograd::Function<GatherAttention
     auto f32 = q.options().dtype(torch::kFloat);
     torch::Tensor dq = torch::zeros(q.sizes(), f32), dk = torch::zeros(k.sizes(), f32);
     torch::Tensor dv = torch::zeros(v.sizes(), f32), dw;
-    if (w.defined() && ctx->needs_input_grad(3)) dw = torch::zeros(w.sizes(), f32);
+    // The kernel writes one weight gradient per kv head's list (prepare expands shared weights).
+    if (w.defined() && ctx->needs_input_grad(3))
+      dw = torch::zeros({w.size(0), k.size(1), w.size(2), w.size(3)}, f32);
     torch::Tensor dout = grad_outputs[0];
     if (dout.defined() && q.numel() > 0 && config->indices.numel() > 0 && k.size(2) > 0) {
       dout = dout.to(q.scalar_type()).contiguous();
@@ -143,7 +150,8 @@ class GatherAttentionFunction : public torch::autograd::Function<GatherAttention
       kernels::gather::gather_backward(prep.params, g);
     }
     return {dq.to(q.scalar_type()), dk.to(k.scalar_type()), dv.to(v.scalar_type()),
-            dw.defined() ? dw.to(w.scalar_type()) : torch::Tensor(), torch::Tensor()};
+            dw.defined() ? dw.sum_to_size(w.sizes()).to(w.scalar_type()) : torch::Tensor(),
+            torch::Tensor()};
   }
 };
 

@@ -83,6 +83,35 @@ TEST(GatherAttention, GradientsMatchAutogradThroughTheReference) {
   }
 }
 
+// One list per query shared by the kv heads ([B, 1, Tq, K]) equals that list repeated per head,
+// forward and backward, with and without weights (whose gradient sums over the heads).
+TEST(GatherAttention, SharedListsEqualListsRepeatedPerHead) {
+  GatherInputs in = make(2, 6, 3, 7, 30, 16, 8, 10, torch::kFloat);
+  torch::Tensor idx = in.idx.narrow(1, 0, 1), w0 = in.w.narrow(1, 0, 1);
+  torch::Tensor dout = torch::randn({2, 6, 7, 8});
+  for (bool weighted : {false, true}) {
+    for (const char* isa : testing::isa_paths()) {
+      SCOPED_TRACE(isa);
+      testing::EnvGuard guard("ATTNKIT_CPU_CAPABILITY", isa);
+      auto run = [&](bool shared) {
+        torch::Tensor q = in.q.detach().requires_grad_(true),
+                      k = in.k.detach().requires_grad_(true);
+        torch::Tensor v = in.v.detach().requires_grad_(true), w = w0.detach().requires_grad_(true);
+        torch::Tensor i = shared ? idx : idx.expand({2, 3, 7, 10});
+        torch::Tensor ww = !weighted ? torch::Tensor() : shared ? w : w.expand({2, 3, 7, 10});
+        torch::Tensor out = gather_attention(q, k, v, i, ww).output;
+        (out * dout).sum().backward();
+        return std::vector<torch::Tensor>{out, q.grad(), k.grad(), v.grad(),
+                                          weighted ? w.grad() : torch::zeros({1})};
+      };
+      auto a = run(true), b = run(false);
+      for (size_t n = 0; n < a.size(); ++n) {
+        EXPECT_TRUE(torch::allclose(a[n], b[n], 1e-5, 1e-5)) << n << " weighted " << weighted;
+      }
+    }
+  }
+}
+
 TEST(GatherAttention, DenseIndicesEqualFullAttention) {
   GatherInputs in = make(1, 2, 1, 5, 5, 16, 16, 5, torch::kFloat);
   torch::Tensor all = torch::arange(5).view({1, 1, 1, 5}).expand({1, 1, 5, 5});
@@ -98,7 +127,7 @@ TEST(GatherAttention, ErrorsNameArgumentAndValues) {
                   "gather_attention: expected indices in [-1, Tk) = [-1, 5)")));
   EXPECT_THAT([&] { gather_attention(in.q, in.k, in.v, in.idx.squeeze(0)); },
               ::testing::ThrowsMessage<c10::Error>(
-                  ::testing::HasSubstr("expected indices of shape [B, Hkv, Tq, K]")));
+                  ::testing::HasSubstr("expected indices of shape [B, Hkv or 1, Tq, K]")));
 }
 
 }  // namespace

@@ -29,8 +29,9 @@ struct GatherAttentionResult {
 /// weights). Query head h uses the list of kv head h / (Hq / Hkv).
 ///   p_j = w_j exp(s_j) / sum_j' w_j' exp(s_j'), s_j = scale q . k[idx_j], out = sum_j p_j v[idx_j]
 ///   q: [B, Hq, Tq, D], k: [B, Hkv, Tk, D], v: [B, Hkv, Tk, Dv],
-///   indices: [B, Hkv, Tq, K] integer key positions (-1 = unused slot),
-///   weights: [B, Hkv, Tq, K] non-negative, optional -> output [B, Hq, Tq, Dv]
+///   indices: [B, Hkv, Tq, K] integer key positions (-1 = unused slot), or [B, 1, Tq, K]: one
+///            list per query shared by every kv head (read in place, never copied per head),
+///   weights: the shape of indices, non-negative, optional -> output [B, Hq, Tq, Dv]
 /// fp32 and bf16 run the fused kernels (ATTNKIT_BACKEND=reference forces the composition of
 /// torch ops); fp64 runs the composition.
 /// Example:

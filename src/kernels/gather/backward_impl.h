@@ -36,8 +36,8 @@ static void gather_backward_impl(const GatherParams& p, const GatherBackwardPara
     float* dv_copy = dk_copy + B * Hkv * Tkv * D;  // [B, Hkv, Tkv, Dv]
     for (int64_t row = begin; row < end; ++row) {
       const int64_t b = row / (Hkv * Tq), hkv = (row / Tq) % Hkv, i = row % Tq;
-      const int64_t* idx = p.indices + row * K;
-      const float* w = p.maybe_weights ? p.maybe_weights + row * K : nullptr;
+      const int64_t* idx = p.indices + p.list_row(row) * K;
+      const float* w = p.maybe_weights ? p.maybe_weights + p.list_row(row) * K : nullptr;
       bool any_row = false;
       for (int64_t g = 0; g < G; ++g) {
         const int64_t h = hkv * G + g, out_row = (b * Hq + h) * Tq + i;
@@ -94,7 +94,7 @@ static void gather_backward_impl(const GatherParams& p, const GatherBackwardPara
             const float en = std::exp(p.scale * s[c] - lse[g]);
             const float pn = (w ? w[n] : 1.0f) * en;
             if (gr.maybe_dweights != nullptr)
-              gr.maybe_dweights[row * K + n] += en * (dp[c] - di[g]);
+              gr.maybe_dweights[p.list_row(row) * K + n] += en * (dp[c] - di[g]);
             const float ds = p.scale * pn * (dp[c] - di[g]);
             // dq += scale dS k ; dk += scale dS q ; dv += p dO
             const typename Vec::reg vds = Vec::set1(ds), vp = Vec::set1(pn);

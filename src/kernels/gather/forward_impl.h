@@ -51,8 +51,8 @@ static void gather_forward_impl(const GatherParams& p) {
     float* l = m + G;          // [G] row denominator
     for (int64_t row = begin; row < end; ++row) {
       const int64_t b = row / (Hkv * Tq), hkv = (row / Tq) % Hkv, i = row % Tq;
-      const int64_t* idx = p.indices + row * K;
-      const float* w = p.maybe_weights ? p.maybe_weights + row * K : nullptr;
+      const int64_t* idx = p.indices + p.list_row(row) * K;
+      const float* w = p.maybe_weights ? p.maybe_weights + p.list_row(row) * K : nullptr;
       for (int64_t g = 0; g < G; ++g) {
         const int64_t h = hkv * G + g;
         load_row(p.q, p.dtype, b * p.q_stride_b + h * p.q_stride_h + i * p.q_stride_t, p.q_stride_d,

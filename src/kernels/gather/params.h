@@ -32,6 +32,13 @@ struct GatherParams {
   // weights: [B, Hkv, Tq, K] fp32 contiguous, multiplies key j's softmax numerator
   const float* maybe_weights = nullptr;
   float scale = 1.0f;
+  // indices (and weights) are [B, 1, Tq, K]: one list per query, shared by every kv head.
+  bool shared_lists = false;
+
+  /// Offset / K of the list of work row (b * Hkv + hkv) * Tq + i.
+  int64_t list_row(int64_t row) const {
+    return shared_lists ? row / (num_heads_kv * seq_len_q) * seq_len_q + row % seq_len_q : row;
+  }
 };
 
 struct GatherBackwardParams {

@@ -23,10 +23,9 @@ using flash::store_elem;
 // s[n] for the K slots of query row (b, h, i); -inf for unused slots or zero weights.
 void row_scores(const GatherParams& p, int64_t b, int64_t h, int64_t i, float* s) {
   const int64_t G = p.num_heads_q / p.num_heads_kv, hkv = h / G, K = p.num_keys;
-  const int64_t* idx = p.indices + ((b * p.num_heads_kv + hkv) * p.seq_len_q + i) * K;
-  const float* w = p.maybe_weights
-                       ? p.maybe_weights + ((b * p.num_heads_kv + hkv) * p.seq_len_q + i) * K
-                       : nullptr;
+  const int64_t row = p.list_row((b * p.num_heads_kv + hkv) * p.seq_len_q + i);
+  const int64_t* idx = p.indices + row * K;
+  const float* w = p.maybe_weights ? p.maybe_weights + row * K : nullptr;
   const int64_t q_off = b * p.q_stride_b + h * p.q_stride_h + i * p.q_stride_t;
   for (int64_t n = 0; n < K; ++n) {
     if (idx[n] < 0 || (w != nullptr && w[n] <= 0.0f)) {
@@ -58,8 +57,8 @@ void gather_forward_reference(const GatherParams& p) {
       for (int64_t h = hkv * G; h < (hkv + 1) * G; ++h) {
         for (int64_t i = 0; i < Tq; ++i) {
           const int64_t row = (b * Hkv + hkv) * Tq + i;
-          const int64_t* idx = p.indices + row * K;
-          const float* w = p.maybe_weights ? p.maybe_weights + row * K : nullptr;
+          const int64_t* idx = p.indices + p.list_row(row) * K;
+          const float* w = p.maybe_weights ? p.maybe_weights + p.list_row(row) * K : nullptr;
           row_scores(p, b, h, i, s);
           float m = kNegInf;
           for (int64_t n = 0; n < K; ++n) m = std::max(m, s[n]);
@@ -102,8 +101,8 @@ void gather_backward_reference(const GatherParams& p, const GatherBackwardParams
           const float lse = p.lse[out_row];
           if (lse == kNegInf) continue;  // no visible key: output 0 depends on nothing
           const int64_t row = (b * Hkv + hkv) * Tq + i;
-          const int64_t* idx = p.indices + row * K;
-          const float* w = p.maybe_weights ? p.maybe_weights + row * K : nullptr;
+          const int64_t* idx = p.indices + p.list_row(row) * K;
+          const float* w = p.maybe_weights ? p.maybe_weights + p.list_row(row) * K : nullptr;
           row_scores(p, b, h, i, s);
           // Di = dO . O
           float di = 0.0f;
@@ -128,7 +127,8 @@ void gather_backward_reference(const GatherParams& p, const GatherBackwardParams
             }
             // out = sum p_n v_n with p_n = w_n exp(s_n) / Z: dL/dw_n = e_n (dP_n - Di),
             // dL/ds_n = p_n (dP_n - Di)
-            if (g.maybe_dweights != nullptr) g.maybe_dweights[row * K + n] += en * (dpn - di);
+            if (g.maybe_dweights != nullptr)
+              g.maybe_dweights[p.list_row(row) * K + n] += en * (dpn - di);
             const float c = p.scale * pn * (dpn - di);
             const int64_t k_off = b * p.k_stride_b + hkv * p.k_stride_h + j * p.k_stride_t;
             for (int64_t d = 0; d < D; ++d) {

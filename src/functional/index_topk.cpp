@@ -1,0 +1,151 @@
+#include <attnkit/functional/index_topk.h>
+
+#include <attnkit/functional/flex_attention.h>
+
+#include "kernels/indexer/params.h"
+
+#include <torch/torch.h>
+
+#include <limits>
+
+namespace attnkit {
+namespace functional {
+
+namespace {
+
+constexpr double kNegInf = -std::numeric_limits<double>::infinity();
+
+void check_index_inputs(const char* fn,
+                        const torch::Tensor& q,
+                        const torch::Tensor& k,
+                        const torch::Tensor& w,
+                        const IndexTopkOptions& o) {
+  TORCH_CHECK(q.defined() && q.dim() == 5, fn, ": expected q of shape [B, G, Tq, Hi, Di], got ",
+              q.defined() ? q.sizes() : c10::IntArrayRef{});
+  TORCH_CHECK(k.defined() && k.dim() == 3 && k.size(0) == q.size(0) && k.size(2) == q.size(4), fn,
+              ": expected k of shape [B, Tk, Di] = [", q.size(0), ", Tk, ", q.size(4), "], got ",
+              k.defined() ? k.sizes() : c10::IntArrayRef{});
+  TORCH_CHECK(q.is_floating_point() && k.scalar_type() == q.scalar_type(), fn,
+              ": expected floating-point q and k of one dtype, got ", q.scalar_type(), " and ",
+              k.scalar_type());
+  if (w.defined()) {
+    TORCH_CHECK(w.sizes() == q.sizes().slice(0, 4), fn,
+                ": expected w of shape [B, G, Tq, Hi] = ", q.sizes().slice(0, 4), ", got ",
+                w.sizes());
+    TORCH_CHECK(w.is_floating_point(), fn, ": expected floating-point w, got ", w.scalar_type());
+  }
+  TORCH_CHECK(o.top_k() > 0, fn, ": top_k must be positive, got ", o.top_k());
+  TORCH_CHECK(o.block_size() > 0, fn, ": block_size must be positive, got ", o.block_size());
+  const torch::Tensor& m = o.mask();
+  if (m.defined()) {
+    const int64_t Tq = q.size(2), Tk = k.size(1);
+    const bool shape_ok =
+        (m.dim() == 2 || (m.dim() == 3 && (m.size(0) == q.size(0) || m.size(0) == 1))) &&
+        m.size(-2) == Tq && m.size(-1) == Tk;
+    TORCH_CHECK(shape_ok && m.scalar_type() == torch::kBool, fn,
+                ": expected a bool mask of shape [Tq, Tk] or [B, Tq, Tk] = [", q.size(0), ", ", Tq,
+                ", ", Tk, "], got ", m.scalar_type(), " ", m.sizes());
+  }
+}
+
+// Keys visible to each query: [B or 1, Tq, Tk] bool, or undefined when every key is.
+torch::Tensor visible_keys(int64_t Tq, int64_t Tk, const IndexTopkOptions& o) {
+  torch::Tensor visible;
+  if (o.causal()) {
+    torch::Tensor i = torch::arange(Tq, torch::kLong).add(Tk - Tq).view({Tq, 1});
+    visible = (torch::arange(Tk, torch::kLong).view({1, Tk}) <= i).unsqueeze(0);
+  }
+  if (o.mask().defined()) {
+    torch::Tensor m = o.mask().dim() == 2 ? o.mask().unsqueeze(0) : o.mask();
+    visible = visible.defined() ? visible & m : m;
+  }
+  return visible;
+}
+
+}  // namespace
+
+torch::Tensor index_topk_reference(const torch::Tensor& q,
+                                   const torch::Tensor& k,
+                                   const torch::Tensor& w,
+                                   const IndexTopkOptions& o) {
+  check_index_inputs("index_topk_reference", q, k, w, o);
+  const int64_t B = q.size(0), G = q.size(1), Tq = q.size(2), Tk = k.size(1);
+  const int64_t bs = o.block_size(), U = (Tk + bs - 1) / bs, K = o.top_k();
+  const auto compute = q.scalar_type() == torch::kDouble ? torch::kDouble : torch::kFloat;
+  torch::NoGradGuard no_grad;
+  // logits [B, G, Tq, Hi, Tk]; scores [B, G, Tq, Tk] = sum_h w act(logits)
+  torch::Tensor logits = torch::matmul((q.to(compute) * o.scale()).flatten(2, 3),
+                                       k.to(compute).transpose(1, 2).unsqueeze(1))
+                             .view({B, G, Tq, q.size(3), Tk});
+  if (o.relu()) logits = torch::relu(logits);
+  torch::Tensor weights =
+      w.defined() ? w.to(compute) : torch::ones(q.sizes().slice(0, 4), logits.options());
+  torch::Tensor scores = torch::matmul(weights.unsqueeze(3), logits).squeeze(3);
+  torch::Tensor visible = visible_keys(Tq, Tk, o);
+  if (visible.defined()) scores = scores.masked_fill(visible.unsqueeze(1).logical_not(), kNegInf);
+  // Units: the max over each block's keys (the tail padded with -inf).
+  if (bs > 1) {
+    scores = torch::constant_pad_nd(scores, {0, U * bs - Tk}, kNegInf);
+    scores = std::get<0>(scores.view({B, G, Tq, U, bs}).max(-1));
+  }
+  // The first K of a stable descending sort; -inf units are unused slots.
+  const int64_t Kc = std::min(K, U);
+  torch::Tensor order =
+      std::get<1>(torch::sort(scores, /*stable=*/true, /*dim=*/-1, /*descending=*/true));
+  torch::Tensor top = order.narrow(-1, 0, Kc);
+  torch::Tensor used = scores.gather(-1, top) > kNegInf;
+  // Ascending unit order with the unused slots last.
+  torch::Tensor ascending = std::get<0>(torch::sort(top.masked_fill(used.logical_not(), U), -1));
+  top = ascending.masked_fill(ascending == U, -1);
+  if (Kc < K) top = torch::constant_pad_nd(top, {0, K - Kc}, -1);
+  return top;
+}
+
+torch::Tensor index_topk(const torch::Tensor& q,
+                         const torch::Tensor& k,
+                         const torch::Tensor& w,
+                         const IndexTopkOptions& o) {
+  check_index_inputs("index_topk", q, k, w, o);
+  const bool fused = fused_backend_selected() && q.device().is_cpu() &&
+                     (q.scalar_type() == torch::kFloat || q.scalar_type() == torch::kBFloat16);
+  if (!fused) return index_topk_reference(q, k, w, o);
+  const int64_t B = q.size(0), G = q.size(1), Tq = q.size(2), Tk = k.size(1);
+  torch::Tensor out = torch::full({B, G, Tq, o.top_k()}, -1, q.options().dtype(torch::kLong));
+  if (out.numel() == 0 || Tk == 0) return out;
+
+  kernels::indexer::IndexTopkParams p;
+  p.dtype = q.scalar_type() == torch::kBFloat16 ? kernels::indexer::IndexDtype::kBFloat16
+                                                : kernels::indexer::IndexDtype::kFloat32;
+  p.batch_size = B, p.num_groups = G, p.seq_len_q = Tq, p.seq_len_kv = Tk;
+  p.num_heads = q.size(3), p.head_dim = q.size(4), p.top_k = o.top_k();
+  p.block_size = o.block_size();
+  p.q = q.data_ptr();
+  p.q_stride_b = q.stride(0), p.q_stride_g = q.stride(1), p.q_stride_t = q.stride(2);
+  p.q_stride_h = q.stride(3), p.q_stride_d = q.stride(4);
+  p.k = k.data_ptr();
+  p.k_stride_b = k.stride(0), p.k_stride_t = k.stride(1), p.k_stride_d = k.stride(2);
+  torch::Tensor wf;
+  if (w.defined()) {
+    wf = w.to(torch::kFloat);
+    p.maybe_w = wf.data_ptr<float>();
+    p.w_stride_b = wf.stride(0), p.w_stride_g = wf.stride(1), p.w_stride_t = wf.stride(2);
+    p.w_stride_h = wf.stride(3);
+  }
+  torch::Tensor keep;
+  if (o.mask().defined()) {
+    keep = (o.mask().dim() == 2 ? o.mask().unsqueeze(0) : o.mask()).expand({B, Tq, Tk});
+    p.maybe_keep = reinterpret_cast<const uint8_t*>(keep.data_ptr<bool>());
+    p.keep_stride_b = keep.stride(0), p.keep_stride_q = keep.stride(1);
+    p.keep_stride_k = keep.stride(2);
+  }
+  p.scale = static_cast<float>(o.scale());
+  p.relu = o.relu();
+  p.causal = o.causal();
+  p.out = out.data_ptr<int64_t>();
+  torch::NoGradGuard no_grad;
+  kernels::indexer::index_topk(p);
+  return out;
+}
+
+}  // namespace functional
+}  // namespace attnkit

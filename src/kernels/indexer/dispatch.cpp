@@ -1,0 +1,24 @@
+// Run-time ISA choice of the index top-k kernels: the same choice (and override) as the flash
+// family.
+
+#include "kernels/flash/kernel.h"
+#include "kernels/indexer/params.h"
+
+namespace attnkit {
+namespace kernels {
+namespace indexer {
+
+void index_topk(const IndexTopkParams& p) {
+  switch (flash::selected_capability()) {
+    case flash::CpuCapability::kAvx512:
+      return avx512::index_topk(p);
+    case flash::CpuCapability::kAvx2:
+      return avx2::index_topk(p);
+    case flash::CpuCapability::kReference:
+      return index_topk_reference(p);
+  }
+}
+
+}  // namespace indexer
+}  // namespace kernels
+}  // namespace attnkit

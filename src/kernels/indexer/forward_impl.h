@@ -1,0 +1,134 @@
+// SIMD index top-k, written against the vector traits `Vec` of the including ISA translation
+// unit (avx512.cpp / avx2.cpp), inside its namespace (no include guard, no includes).
+//
+// One work item is (b, group, block of queries). Its rows are the block's queries x Hi heads
+// (r = ii * Hi + h), scaled and packed once. For each tile of kTileK visible keys:
+//   S    <- Qs Kt                                  [rows, kTileK]  4 x C register-blocked
+//   comb <- sum_h w[ii, h] act(S[ii * Hi + h])     [kTileK] per query, -inf where invisible
+//   heap <- comb                                   streaming top-k per query (select.h)
+// so the [Tq, Tk] score matrix never exists: per thread the working set is the packed queries,
+// one key tile and one score tile, all in L1/L2.
+
+// Keys per tile; rows of the micro-kernel.
+constexpr int64_t kTileK = 64;
+constexpr int64_t kRowBlock = 4;
+// Rows (queries x heads) per work item.
+constexpr int64_t kRowsPerItem = 64;
+static_assert(kTileK % (Vec::kLanes * Vec::kColVecs) == 0, "kTileK must be whole column chunks");
+
+// S[0:4, 0:C*L] <- Q[0:4, 0:D] Kt[0:D, 0:C*L]; Q rows have stride D, Kt and S stride kTileK.
+template <int C>
+static inline void score_micro(const float* q, int64_t head_dim, const float* kt, float* s) {
+  typename Vec::reg acc[kRowBlock][C];
+  for (int r = 0; r < kRowBlock; ++r)
+    for (int c = 0; c < C; ++c) acc[r][c] = Vec::zero();
+  for (int64_t d = 0; d < head_dim; ++d) {
+    typename Vec::reg kv[C];
+    for (int c = 0; c < C; ++c) kv[c] = Vec::load(kt + d * kTileK + c * Vec::kLanes);
+    for (int r = 0; r < kRowBlock; ++r) {
+      const typename Vec::reg qv = Vec::set1(q[r * head_dim + d]);
+      for (int c = 0; c < C; ++c) acc[r][c] = Vec::fma(qv, kv[c], acc[r][c]);
+    }
+  }
+  for (int r = 0; r < kRowBlock; ++r)
+    for (int c = 0; c < C; ++c) Vec::store(s + r * kTileK + c * Vec::kLanes, acc[r][c]);
+}
+
+static void index_topk_impl(const IndexTopkParams& p) {
+  const int64_t B = p.batch_size, G = p.num_groups, Tq = p.seq_len_q;
+  const int64_t Hi = p.num_heads, D = p.head_dim, K = p.top_k;
+  const int64_t rows_q = std::max<int64_t>(1, std::min(Tq, kRowsPerItem / Hi));
+  const int64_t num_q_blocks = (Tq + rows_q - 1) / rows_q;
+  const int64_t rows_pad = (rows_q * Hi + kRowBlock - 1) / kRowBlock * kRowBlock;
+  constexpr int64_t kChunk = Vec::kLanes * Vec::kColVecs;
+
+  // Per-thread scratch: packed queries, weights, a key tile, a score tile, the combined row and
+  // one heap per query.
+  const int64_t f_q = rows_pad * D, f_w = rows_q * Hi, f_kt = D * kTileK;
+  const int64_t f_s = rows_pad * kTileK, f_comb = kTileK, f_heap = rows_q * K;
+  const int64_t floats = f_q + f_w + f_kt + f_s + f_comb + f_heap;
+  const int num_threads = at::get_num_threads();
+  std::vector<float> slab(static_cast<size_t>(floats * num_threads));
+  std::vector<int64_t> units(static_cast<size_t>(f_heap * num_threads));
+
+  at::parallel_for(0, B * G * num_q_blocks, 1, [&](int64_t begin, int64_t end) {
+    const int tid = at::get_thread_num();
+    float* qs = slab.data() + floats * tid;
+    float* wr = qs + f_q;
+    float* kt = wr + f_w;
+    float* s = kt + f_kt;
+    float* comb = s + f_s;
+    float* heap_scores = comb + f_comb;
+    int64_t* heap_units = units.data() + f_heap * tid;
+    std::vector<RowTopK> heaps(static_cast<size_t>(rows_q));
+    for (int64_t ii = 0; ii < rows_q; ++ii) {
+      heaps[ii].score = heap_scores + ii * K;
+      heaps[ii].unit = heap_units + ii * K;
+      heaps[ii].cap = K;
+    }
+
+    for (int64_t item = begin; item < end; ++item) {
+      // Zig-zag over the query blocks of one (b, g): contiguous ranges carry equal causal work.
+      const int64_t bg = item / num_q_blocks, t = item % num_q_blocks;
+      const int64_t qb = (t % 2 == 0) ? t / 2 : num_q_blocks - 1 - t / 2;
+      const int64_t b = bg / G, g = bg % G;
+      const int64_t i0 = qb * rows_q, nq = std::min(rows_q, Tq - i0), rows = nq * Hi;
+
+      for (int64_t ii = 0; ii < nq; ++ii) {
+        heaps[ii].reset();
+        for (int64_t h = 0; h < Hi; ++h) {
+          const int64_t off =
+              b * p.q_stride_b + g * p.q_stride_g + (i0 + ii) * p.q_stride_t + h * p.q_stride_h;
+          float* dst = qs + (ii * Hi + h) * D;
+          for (int64_t d = 0; d < D; ++d)
+            dst[d] = p.scale * load_value(p.q, p.dtype, off + d * p.q_stride_d);
+          wr[ii * Hi + h] = p.maybe_w == nullptr
+                                ? 1.0f
+                                : p.maybe_w[b * p.w_stride_b + g * p.w_stride_g +
+                                            (i0 + ii) * p.w_stride_t + h * p.w_stride_h];
+        }
+      }
+      std::fill(qs + rows * D, qs + rows_pad * D, 0.0f);
+
+      const int64_t hi = causal_limit(p, i0 + nq - 1);
+      for (int64_t j0 = 0; j0 < hi; j0 += kTileK) {
+        const int64_t width = std::min(kTileK, hi - j0);
+        // Kt[d, c] = k[b, j0 + c, d]; columns past width are zero.
+        for (int64_t c = 0; c < kTileK; ++c) {
+          const int64_t off = b * p.k_stride_b + (j0 + c) * p.k_stride_t;
+          for (int64_t d = 0; d < D; ++d)
+            kt[d * kTileK + c] =
+                c < width ? load_value(p.k, p.dtype, off + d * p.k_stride_d) : 0.0f;
+        }
+        for (int64_t r = 0; r < rows_pad; r += kRowBlock) {
+          for (int64_t c0 = 0; c0 < kTileK; c0 += kChunk)
+            score_micro<Vec::kColVecs>(qs + r * D, D, kt + c0, s + r * kTileK + c0);
+        }
+        for (int64_t ii = 0; ii < nq; ++ii) {
+          const int64_t i = i0 + ii;
+          const int64_t n = std::min(width, causal_limit(p, i) - j0);
+          if (n <= 0) continue;
+          for (int64_t c = 0; c < kTileK; c += Vec::kLanes) {
+            typename Vec::reg acc = Vec::zero();
+            for (int64_t h = 0; h < Hi; ++h) {
+              typename Vec::reg x = Vec::load(s + (ii * Hi + h) * kTileK + c);
+              if (p.relu) x = Vec::max(x, Vec::zero());
+              acc = Vec::fma(Vec::set1(wr[ii * Hi + h]), x, acc);
+            }
+            Vec::store(comb + c, acc);
+          }
+          if (p.maybe_keep != nullptr) {
+            const uint8_t* keep = p.maybe_keep + b * p.keep_stride_b + i * p.keep_stride_q;
+            for (int64_t c = 0; c < n; ++c) {
+              if (keep[(j0 + c) * p.keep_stride_k] == 0) comb[c] = kNegInf;
+            }
+          }
+          heaps[ii].offer(comb, n, j0, p.block_size);
+        }
+      }
+      for (int64_t ii = 0; ii < nq; ++ii) {
+        heaps[ii].write(p.out + ((b * G + g) * Tq + i0 + ii) * K, K);
+      }
+    }
+  });
+}

@@ -1,0 +1,126 @@
+#pragma once
+// Streaming top-k of one query row, shared by every ISA path of the index top-k kernels (all
+// static: the including translation units are compiled with different ISA flags). Scores
+// arrive in ascending unit order; a heap keeps the best `cap` (score, unit) pairs with its
+// worst pair at the root. Ties keep the earlier unit, as a stable descending sort does: a
+// later unit enters only with a strictly greater score than the root, and among equal scores
+// the root is the latest unit. -inf and NaN never enter.
+
+#include "kernels/indexer/params.h"
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+
+namespace attnkit {
+namespace kernels {
+namespace indexer {
+namespace {
+
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+struct RowTopK {
+  float* score = nullptr;  // [cap] heap storage
+  int64_t* unit = nullptr;
+  int64_t cap = 0, size = 0;
+  // Units of more than one key: the running max of the unit being scanned.
+  int64_t open_unit = -1;
+  float open_max = kNegInf;
+
+  // (a_s, a_u) ranks below (b_s, b_u).
+  static bool worse(float a_s, int64_t a_u, float b_s, int64_t b_u) {
+    return a_s < b_s || (a_s == b_s && a_u > b_u);
+  }
+
+  void reset() {
+    size = 0;
+    open_unit = -1;
+    open_max = kNegInf;
+  }
+
+  // A later unit enters only with a score strictly above this.
+  float threshold() const { return size < cap ? kNegInf : score[0]; }
+
+  // Adds (s, u) with s > threshold(); u is later than every unit seen so far.
+  void push(float s, int64_t u) {
+    int64_t n;
+    if (size < cap) {
+      n = size++;
+      while (n > 0) {  // sift up
+        const int64_t parent = (n - 1) / 2;
+        if (!worse(s, u, score[parent], unit[parent])) break;
+        score[n] = score[parent], unit[n] = unit[parent];
+        n = parent;
+      }
+    } else {
+      n = 0;
+      for (;;) {  // sift down from the root
+        int64_t child = 2 * n + 1;
+        if (child >= size) break;
+        if (child + 1 < size && worse(score[child + 1], unit[child + 1], score[child], unit[child]))
+          ++child;
+        if (!worse(score[child], unit[child], s, u)) break;
+        score[n] = score[child], unit[n] = unit[child];
+        n = child;
+      }
+    }
+    score[n] = s, unit[n] = u;
+  }
+
+  // Scores of n consecutive keys starting at key j0, in units of block_size keys.
+  void offer(const float* s, int64_t n, int64_t j0, int64_t block_size) {
+    if (block_size == 1) {
+      float thr = threshold();
+      for (int64_t c = 0; c < n; ++c) {
+        if (s[c] > thr) {
+          push(s[c], j0 + c);
+          thr = threshold();
+        }
+      }
+      return;
+    }
+    for (int64_t c = 0; c < n; ++c) {
+      const int64_t u = (j0 + c) / block_size;
+      if (u != open_unit) {
+        close_unit();
+        open_unit = u;
+      }
+      open_max = std::max(open_max, s[c]);  // std::max keeps open_max when s[c] is NaN
+    }
+  }
+
+  // Offers the unit being scanned, if any.
+  void close_unit() {
+    if (open_unit >= 0 && open_max > threshold()) push(open_max, open_unit);
+    open_unit = -1;
+    open_max = kNegInf;
+  }
+
+  // out[0:cap_out] <- the kept units ascending, then -1.
+  void write(int64_t* out, int64_t cap_out) {
+    close_unit();
+    std::copy(unit, unit + size, out);
+    std::sort(out, out + size);
+    std::fill(out + size, out + cap_out, int64_t{-1});
+  }
+};
+
+// Keys [0, hi) of row i may be scored under the causal rule.
+static inline int64_t causal_limit(const IndexTopkParams& p, int64_t i) {
+  if (!p.causal) return p.seq_len_kv;
+  return std::max<int64_t>(0, std::min(p.seq_len_kv, i + (p.seq_len_kv - p.seq_len_q) + 1));
+}
+
+static inline float load_value(const void* base, IndexDtype dtype, int64_t off) {
+  if (dtype == IndexDtype::kFloat32) return static_cast<const float*>(base)[off];
+  const uint32_t bits = static_cast<uint32_t>(static_cast<const uint16_t*>(base)[off]) << 16;
+  float f;
+  std::memcpy(&f, &bits, sizeof(f));
+  return f;
+}
+
+}  // namespace
+}  // namespace indexer
+}  // namespace kernels
+}  // namespace attnkit

@@ -1,0 +1,124 @@
+// index_topk (fused indexer scoring + streaming top-k) against its composed reference, on every
+// ISA path, plus its tie rule, decoding consistency and errors.
+
+#include "support/contract.h"
+#include "support/pch.h"
+#include "support/tolerance.h"
+
+namespace attnkit {
+namespace {
+
+using namespace functional;  // NOLINT
+
+struct IndexInputs {
+  torch::Tensor q, k, w;
+};
+
+IndexInputs make(int64_t B, int64_t G, int64_t Tq, int64_t Hi, int64_t D, int64_t Tk) {
+  torch::manual_seed(11);
+  return {torch::randn({B, G, Tq, Hi, D}), torch::randn({B, Tk, D}), torch::randn({B, G, Tq, Hi})};
+}
+
+// The kernel on every ISA path (and the scalar reference kernel) equals the sort-based
+// composition, index for index.
+void expect_matches_reference(const IndexInputs& in, bool weighted, const IndexTopkOptions& o) {
+  torch::Tensor w = weighted ? in.w : torch::Tensor();
+  torch::Tensor expected = index_topk_reference(in.q, in.k, w, o);
+  for (const char* isa : testing::isa_paths()) {
+    SCOPED_TRACE(isa);
+    testing::EnvGuard guard("ATTNKIT_CPU_CAPABILITY", isa);
+    torch::Tensor got = index_topk(in.q, in.k, w, o);
+    ASSERT_EQ(got.sizes(), expected.sizes());
+    EXPECT_TRUE(torch::equal(got, expected))
+        << "top_k " << o.top_k() << " causal " << o.causal() << " block " << o.block_size();
+  }
+}
+
+TEST(IndexTopk, DeepSeekIndexerMatchesReference) {
+  IndexInputs in = make(2, 1, 37, 4, 16, 37);
+  for (bool causal : {false, true}) {
+    for (int64_t top_k : {1, 5, 64}) {
+      expect_matches_reference(in, true, IndexTopkOptions().top_k(top_k).causal(causal));
+    }
+  }
+}
+
+TEST(IndexTopk, BlockSelectionMatchesReference) {
+  // MiniMax: groups with one head each, no ReLU, scaled logits, blocks of 4 keys (a partial
+  // tail block), fewer queries than keys.
+  IndexInputs in = make(2, 3, 9, 1, 24, 46);
+  for (bool causal : {false, true}) {
+    for (int64_t top_k : {1, 3, 20}) {
+      expect_matches_reference(
+          in, false,
+          IndexTopkOptions().top_k(top_k).causal(causal).relu(false).scale(0.2).block_size(4));
+    }
+  }
+}
+
+TEST(IndexTopk, MaskedKeysAreNeverSelectedAndEmptyRowsAreMinusOne) {
+  IndexInputs in = make(2, 2, 70, 3, 8, 70);
+  torch::Tensor mask = torch::rand({2, 70, 70}) < 0.5;
+  mask.select(1, 3).fill_(false);  // query 3 sees nothing
+  for (int64_t bs : {1, 8}) {
+    auto o = IndexTopkOptions().top_k(6).causal(true).mask(mask).block_size(bs);
+    expect_matches_reference(in, true, o);
+    torch::Tensor got = index_topk(in.q, in.k, in.w, o);
+    EXPECT_TRUE((got.select(2, 3) == -1).all().item<bool>());
+    if (bs == 1) {
+      torch::Tensor safe = got.clamp_min(0);
+      torch::Tensor seen = mask.unsqueeze(1).expand({2, 2, 70, 70}).gather(-1, safe);
+      EXPECT_TRUE((seen | (got == -1)).all().item<bool>());
+    }
+  }
+}
+
+TEST(IndexTopk, EqualScoresKeepTheEarlierKeys) {
+  // Identical keys: every visible key scores the same, so the first top_k visible keys win.
+  IndexInputs in = make(1, 1, 130, 2, 8, 130);
+  in.k = in.k.narrow(1, 0, 1).expand({1, 130, 8}).contiguous();
+  for (const char* isa : testing::isa_paths()) {
+    SCOPED_TRACE(isa);
+    testing::EnvGuard guard("ATTNKIT_CPU_CAPABILITY", isa);
+    torch::Tensor got = index_topk(in.q, in.k, in.w.abs(), IndexTopkOptions().top_k(70));
+    EXPECT_TRUE(torch::equal(got, torch::arange(70).expand({1, 1, 130, 70})));
+  }
+}
+
+TEST(IndexTopk, LastQueryAloneSelectsWhatTheFullCausalPassSelects) {
+  IndexInputs in = make(1, 1, 200, 4, 16, 200);
+  auto o = IndexTopkOptions().top_k(32).causal(true);
+  torch::Tensor full = index_topk(in.q, in.k, in.w, o);
+  torch::Tensor last = index_topk(in.q.narrow(2, 199, 1), in.k, in.w.narrow(2, 199, 1), o);
+  EXPECT_TRUE(torch::equal(last, full.narrow(2, 199, 1)));
+}
+
+TEST(IndexTopk, BFloat16InputsMatchTheReference) {
+  IndexInputs in = make(1, 1, 50, 4, 32, 50);
+  in.q = in.q.to(torch::kBFloat16);
+  in.k = in.k.to(torch::kBFloat16);
+  expect_matches_reference(in, true, IndexTopkOptions().top_k(8).causal(true));
+}
+
+TEST(IndexTopk, ErrorsNameArgumentAndValues) {
+  IndexInputs in = make(1, 1, 5, 2, 8, 5);
+  ATTNKIT_EXPECT_ERROR(index_topk(in.q.squeeze(1), in.k),
+                       ::testing::HasSubstr("index_topk: expected q of shape"));
+  ATTNKIT_EXPECT_ERROR(
+      index_topk(in.q, in.k.narrow(2, 0, 4)),
+      ::testing::HasSubstr(
+          "index_topk: expected k of shape [B, Tk, Di] = [1, Tk, 8], got [1, 5, 4]"));
+  ATTNKIT_EXPECT_ERROR(
+      index_topk(in.q, in.k, in.w.narrow(3, 0, 1)),
+      ::testing::HasSubstr("expected w of shape [B, G, Tq, Hi] = [1, 1, 5, 2], got [1, 1, 5, 1]"));
+  ATTNKIT_EXPECT_ERROR(index_topk(in.q, in.k, {}, IndexTopkOptions().top_k(0)),
+                       ::testing::HasSubstr("index_topk: top_k must be positive, got 0"));
+  ATTNKIT_EXPECT_ERROR(index_topk(in.q, in.k, {}, IndexTopkOptions().block_size(-2)),
+                       ::testing::HasSubstr("index_topk: block_size must be positive, got -2"));
+  ATTNKIT_EXPECT_ERROR(
+      index_topk(in.q, in.k, {}, IndexTopkOptions().mask(torch::ones({5, 4}, torch::kBool))),
+      ::testing::HasSubstr("expected a bool mask of shape [Tq, Tk] or [B, Tq, Tk]"));
+}
+
+}  // namespace
+}  // namespace attnkit
