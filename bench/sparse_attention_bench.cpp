@@ -1,8 +1,8 @@
-// Forward time (no grad) of the sparse attention modules on the fused path (gather kernel over
-// the selected tokens) against the masked dense reference path (ATTNKIT_BACKEND=reference) and
-// against dense fused causal GQA of the same shape (B = 1, dim 1024, 8 heads). Medians of
-// repeats, 2 threads. The ideal ratio is dense attention FLOPs over sparse attention plus
-// indexer FLOPs (causal halves counted for both).
+// Forward time (no grad) of the sparse attention modules (DeepSeek, CSA, MiniMax) on the fused
+// path (gather kernel over the selected tokens or entries) against the masked dense reference path
+// (ATTNKIT_BACKEND=reference) and against dense fused causal GQA of the same shape (B = 1, dim
+// 1024, 8 heads). Medians of repeats, 2 threads. The ideal ratio is dense attention FLOPs over
+// sparse attention plus indexer FLOPs (causal halves counted for both).
 //
 //   build-fs/bench/sparse_attention_bench [--seqs 4096,16384] [--reps 3] [--ref-max 4096]
 
@@ -125,6 +125,29 @@ int main(int argc, char** argv) {
       Row r{"dsa_top" + std::to_string(top_k),        T,         time_module(fwd, x, reps, false),
             ref ? time_module(fwd, x, 1, true) : 0.0, dense_mha, dense_flops / (sparse + indexer)};
       print(r);
+    }
+
+    // CSA (defaults: r 4, top_k 16, window 64, c = 128): one shared KV head
+    attnkit::CompressedSparseAttention csa(attnkit::CompressedSparseAttentionOptions(kDim, kHeads));
+    {
+      const auto& o = csa->options;
+      const int64_t r = o.compression_rate();
+      auto fwd = [&](const torch::Tensor& in) { return csa->forward(in); };
+      // indexer: Hi heads of qi.ki over the complete entries of the past plus the weighted sum
+      double visible_entries = 0;
+      for (int64_t t = 0; t < T; ++t) visible_entries += static_cast<double>(t / r);
+      const double indexer =
+          (2.0 * o.num_index_heads() * o.index_dim() + 2.0 * o.num_index_heads()) * visible_entries;
+      const double sparse = attention_flops(T, [&](int64_t t) {
+        return std::min<double>(o.top_k(), t / r) + std::min<double>(o.window(), t + 1);
+      });
+      Row r_csa{"csa_top" + std::to_string(o.top_k()) + "_w" + std::to_string(o.window()),
+                T,
+                time_module(fwd, x, reps, false),
+                ref ? time_module(fwd, x, 1, true) : 0.0,
+                dense_mha,
+                dense_flops / (sparse + indexer)};
+      print(r_csa);
     }
 
     const int64_t groups = 2;
