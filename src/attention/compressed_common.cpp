@@ -310,7 +310,7 @@ torch::Tensor entry_keep_from_mask(const torch::Tensor& keep,
   const int64_t Bm = keep.size(0), T = keep.size(1), padded = num_entries * rate;
   // Tokens past T only pad the trailing partial block, which is never visible anyway.
   torch::Tensor full = padded > T ? torch::constant_pad_nd(keep, {0, padded - T}, 1) : keep;
-  torch::Tensor block = full.narrow(2, 0, padded).view({Bm, T, num_entries, rate}).all(-1);
+  torch::Tensor block = full.narrow(2, 0, padded).reshape({Bm, T, num_entries, rate}).all(-1);
   if (!overlapped || num_entries == 0) return block;
   // entry e also pools block e - 1 (entry 0 has no previous block)
   torch::Tensor previous = torch::constant_pad_nd(block.narrow(2, 0, num_entries - 1), {1, 0}, 1);
