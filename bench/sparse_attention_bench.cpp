@@ -8,7 +8,8 @@
 // before it. "attn s" is the module time minus the time of its projections alone (measured
 // the same way), i.e. the time of what the FLOP ratio counts: attention (+ indexer).
 // "ideal" is dense attention FLOPs over sparse attention plus indexer FLOPs, causal halves
-// counted for both; the target is dense attn / sparse attn >= ideal / 2.
+// counted for both; the target is dense attn / sparse attn >= ideal / 2. CSA's row compares
+// whole module times (its projections are not separated).
 //
 //   build/bench/sparse_attention_bench [--seqs 4096,16384,32768] [--reps 3] [--ref-max 4096]
 
@@ -79,6 +80,10 @@ void make_case(const std::string& name,
       linear(m->q, x), linear(m->k, x), linear(m->v, x), linear(m->proj, x);
       linear(m->idx_q, x), linear(m->idx_k, x);
     };
+  } else if (name == "csa") {
+    // Projections not separated (low-rank q, compressor, grouped output): module time only.
+    CompressedSparseAttention m(CompressedSparseAttentionOptions(kDim, kHeads));
+    forward = [m](const torch::Tensor& x) mutable { m->forward(x); };
   } else {
     std::fprintf(stderr, "unknown case %s\n", name.c_str());
     std::exit(2);
@@ -108,7 +113,7 @@ int run_child(const std::string& name, int64_t T, int reps) {
   forward(x);  // warm-up and the peak-memory run
   const double extra = peak_mb() - before;
   const double module = median_seconds([&] { forward(x); }, reps);
-  const double projections = median_seconds([&] { proj(x); }, reps);
+  const double projections = proj ? median_seconds([&] { proj(x); }, reps) : -1.0;
   std::printf("%.6f %.6f %.1f\n", module, projections, extra);
   return 0;
 }
@@ -117,7 +122,8 @@ int run_child(const std::string& name, int64_t T, int reps) {
 
 struct Measure {
   double module = 0, proj = 0, peak = 0;
-  double attn() const { return std::max(1e-9, module - proj); }
+  // Without a projection time (proj < 0) the module time stands in.
+  double attn() const { return proj < 0 ? module : std::max(1e-9, module - proj); }
 };
 
 Measure measure(const char* self, const std::string& name, int64_t T, int reps, bool reference) {
@@ -205,6 +211,21 @@ int main(int argc, char** argv) {
       const double sparse =
           attention_flops(T, [&](int64_t t) { return std::min<double>(t + 1, top_k); });
       row(name, measure(argv[0], name, T, reps, false), &mha, dense_flops / (sparse + indexer));
+    }
+    {
+      // CSA defaults: compression 4, top 16 entries + a raw window of 64; one shared KV head.
+      // Its row compares module times (dense/sp over whole forwards).
+      const int64_t r = 4, top = 16, window = 64;
+      double entries = 0;
+      for (int64_t t = 0; t < T; ++t) entries += static_cast<double>(t / r);
+      const double indexer = (2.0 * 4 * 64 + 2.0 * 4) * entries;
+      const double sparse = attention_flops(T, [&](int64_t t) {
+        return std::min<double>(top, t / r) + std::min<double>(window, t + 1);
+      });
+      Measure dense_module = mha;
+      dense_module.proj = -1;
+      row("csa(module)", measure(argv[0], "csa", T, reps, false), &dense_module,
+          dense_flops / (sparse + indexer));
     }
     row("dense_gqa2", gqa, nullptr, 0);
     // MiniMax defaults: 16 blocks of 128 plus the current block; indexer 2 groups of 128

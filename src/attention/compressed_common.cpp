@@ -3,6 +3,9 @@
 #include <attnkit/attention/heavily_compressed_attention.h>
 #include <attnkit/core/rms_norm.h>
 #include <attnkit/functional/dot_product_attention.h>
+#include <attnkit/functional/gather_attention.h>
+
+#include "attention/dense_common.h"
 
 #include <torch/nn/init.h>
 
@@ -91,6 +94,16 @@ torch::Tensor conjugation_signs(const RotaryEmbedding& rope, const torch::Tensor
     signs.narrow(0, start, d).slice(0, 1, d, 2).fill_(-1.0);
   }
   return signs;
+}
+
+// out [B, T, H, c] of keys that carry their rotation (keys = values): rotate by -p, leaving the
+// relative positions. Identity without RoPE.
+torch::Tensor unrotate_output(const CompressedSpec& spec,
+                              const torch::Tensor& out,
+                              int64_t offset) {
+  if (!spec.rope) return out;
+  torch::Tensor signs = conjugation_signs(*spec.rope, out.options());
+  return signs * spec.rope->apply(signs * out, offset);
 }
 
 }  // namespace
@@ -276,22 +289,52 @@ torch::Tensor entry_visibility(
   return (e + 1) * rate <= p;  // the entry's block lies strictly before the query
 }
 
+torch::Tensor keep_from_attn_mask(const std::string& mechanism,
+                                  const torch::Tensor& attn_mask,
+                                  int64_t batch_size,
+                                  int64_t seq_len) {
+  if (!attn_mask.defined()) return {};
+  DotProductAttentionOptions parsed;
+  // num_heads = 1: the keys are one shared KV head, so per-head masks are refused.
+  add_attn_mask(mechanism, attn_mask, batch_size, /*num_heads=*/1, seq_len, parsed);
+  TORCH_CHECK(!parsed.bias().defined(), mechanism,
+              ": expected a bool attn_mask (true = attend), got ", attn_mask.scalar_type(),
+              " (an additive mask has no meaning for the pooled entries)");
+  return parsed.mask().squeeze(1);  // [B or 1, T, T]
+}
+
+torch::Tensor entry_keep_from_mask(const torch::Tensor& keep,
+                                   int64_t num_entries,
+                                   int64_t rate,
+                                   bool overlapped) {
+  const int64_t Bm = keep.size(0), T = keep.size(1), padded = num_entries * rate;
+  // Tokens past T only pad the trailing partial block, which is never visible anyway.
+  torch::Tensor full = padded > T ? torch::constant_pad_nd(keep, {0, padded - T}, 1) : keep;
+  torch::Tensor block = full.narrow(2, 0, padded).reshape({Bm, T, num_entries, rate}).all(-1);
+  if (!overlapped || num_entries == 0) return block;
+  // entry e also pools block e - 1 (entry 0 has no previous block)
+  torch::Tensor previous = torch::constant_pad_nd(block.narrow(2, 0, num_entries - 1), {1, 0}, 1);
+  return block & previous;
+}
+
 AttentionResult shared_kv_attention(const CompressedSpec& spec,
                                     const torch::Tensor& q,
                                     const torch::Tensor& entries,
                                     const torch::Tensor& entry_keep,
                                     const RawWindow& window,
+                                    const torch::Tensor& raw_mask,
                                     const torch::Tensor& sink,
                                     int64_t offset,
                                     bool need_weights) {
   const int64_t B = q.size(0), T = q.size(1), c = q.size(3);
   const int64_t nb = entries.size(1);
-  // raw key s is visible to query p iff p - window < s <= p
+  // raw key s is visible to query p iff p - window < s <= p (and the mask keeps it)
   torch::Tensor p = torch::arange(offset, offset + T, window.positions.options()).unsqueeze(1);
   torch::Tensor s = window.positions.unsqueeze(0);
-  torch::Tensor raw_keep = (s <= p) & (s > p - spec.window);  // [T, S + T]
-  torch::Tensor keep = torch::cat(
-      {entry_keep.expand({B, T, nb}), raw_keep.unsqueeze(0).expand({B, T, raw_keep.size(1)})}, -1);
+  torch::Tensor raw_keep = ((s <= p) & (s > p - spec.window)).unsqueeze(0);  // [1, T, S + T]
+  if (raw_mask.defined()) raw_keep = raw_keep & raw_mask;
+  torch::Tensor keep =
+      torch::cat({entry_keep.expand({B, T, nb}), raw_keep.expand({B, T, raw_keep.size(2)})}, -1);
   torch::Tensor kv = torch::cat({entries, window.kv}, 1).unsqueeze(1);  // [B, 1, Tk, c]
 
   DotProductAttentionOptions o;
@@ -300,14 +343,44 @@ AttentionResult shared_kv_attention(const CompressedSpec& spec,
       .mask(keep.unsqueeze(1))
       .need_weights(need_weights);
   AttentionResult r = functional::dot_product_attention(q.transpose(1, 2), kv, kv, o);
-  torch::Tensor out = r.output.transpose(1, 2);  // [B, T, H, c]
-  if (spec.rope) {
-    // The values carry their own rotation; rotating the output by -p leaves relative positions.
-    torch::Tensor signs = conjugation_signs(*spec.rope, out.options());
-    out = signs * spec.rope->apply(signs * out, offset);
-  }
-  r.output = out;
+  r.output = unrotate_output(spec, r.output.transpose(1, 2), offset);  // [B, T, H, c]
   return r;
+}
+
+torch::Tensor shared_kv_gather_attention(const CompressedSpec& spec,
+                                         const torch::Tensor& q,
+                                         const torch::Tensor& entries,
+                                         const torch::Tensor& entry_indices,
+                                         const RawWindow& window,
+                                         const torch::Tensor& raw_mask,
+                                         const torch::Tensor& sink,
+                                         int64_t offset) {
+  const int64_t B = q.size(0), T = q.size(1), c = q.size(3), nb = entries.size(1);
+  const int64_t S = window.kv.size(1) - T;  // ring rows before the chunk
+  // Query p sees positions p - d, d < min(window, offset + T) (those >= 0). Position s lives in
+  // column S + s - offset of the window when it is in the chunk, else in ring slot s % window.
+  const int64_t span = std::min(spec.window, offset + T);
+  auto i64 = entry_indices.options();
+  torch::Tensor p = torch::arange(offset, offset + T, i64).unsqueeze(1);
+  torch::Tensor pos = p - torch::arange(span, i64).unsqueeze(0);  // [T, span]
+  torch::Tensor column = torch::where(pos >= offset, pos - offset + S,
+                                      torch::remainder(pos, std::max<int64_t>(spec.window, 1)));
+  torch::Tensor before_start = pos < 0;
+  column = column.masked_fill(before_start, 0);  // any valid column: the slot is dropped below
+  torch::Tensor usable = before_start.logical_not().unsqueeze(0);  // [1, T, span]
+  if (raw_mask.defined()) {
+    usable = usable & raw_mask.gather(2, column.unsqueeze(0).expand({raw_mask.size(0), T, span}));
+  }
+  torch::Tensor raw_indices = (column + nb).unsqueeze(0).masked_fill(usable.logical_not(), -1);
+  // one key list per query for the single shared KV head: [B, 1, T, k + span]
+  torch::Tensor indices =
+      torch::cat({entry_indices, raw_indices.expand({B, T, span})}, -1).unsqueeze(1);
+  torch::Tensor kv = torch::cat({entries, window.kv}, 1).unsqueeze(1);  // [B, 1, nb + S + T, c]
+  functional::GatherAttentionOptions o;
+  o.scale(1.0 / std::sqrt(static_cast<double>(c))).sinks(sink);
+  torch::Tensor out =
+      functional::gather_attention(q.transpose(1, 2), kv, kv, indices, {}, o).output;
+  return unrotate_output(spec, out.transpose(1, 2), offset);  // [B, T, H, c]
 }
 
 }  // namespace detail

@@ -113,18 +113,52 @@ RawWindow raw_window(const CompressedSpec& spec,
 torch::Tensor entry_visibility(
     int64_t offset, int64_t seq_len, int64_t num_entries, int64_t rate, torch::Device device);
 
+/// A per-call bool keep mask [T, T] / [B, T, T] / [B, 1, T, T] (true = attend) -> [B or 1, T, T];
+/// undefined when attn_mask is. Additive (float) and per-head masks raise: a compressed entry
+/// pools many tokens, so only "hidden or not" carries over to it.
+torch::Tensor keep_from_attn_mask(const std::string& mechanism,
+                                  const torch::Tensor& attn_mask,
+                                  int64_t batch_size,
+                                  int64_t seq_len);
+
+/// Entries a per-call keep mask leaves visible: entry e pools the tokens of block e (and of
+/// block e - 1 when `overlapped`, CSA), and query t may see it only if keep[t, s] holds for
+/// every one of them, so a hidden token never reaches a query through an entry.
+///   keep: bool [B', T, T] -> [B', T, nb]
+torch::Tensor entry_keep_from_mask(const torch::Tensor& keep,
+                                   int64_t num_entries,
+                                   int64_t rate,
+                                   bool overlapped);
+
 /// The shared-KV core: per head softmax over [entries ; raw window] (keys = values) with the
 /// sink logit, scale c^-1/2, then RoPE at -p on the output when spec.rope is set.
-///   q: [B, T, H, c], entries: [B, nb, c], entry_keep: bool [B or 1, T, nb]
+///   q: [B, T, H, c], entries: [B, nb, c], entry_keep: bool [B or 1, T, nb],
+///   raw_mask: bool [B or 1, T, S + T] over the window's columns, undefined = all kept
 ///   -> output [B, T, H, c], weights [B, H, T, nb + S + T] when need_weights.
 AttentionResult shared_kv_attention(const CompressedSpec& spec,
                                     const torch::Tensor& q,
                                     const torch::Tensor& entries,
                                     const torch::Tensor& entry_keep,
                                     const RawWindow& window,
+                                    const torch::Tensor& raw_mask,
                                     const torch::Tensor& sink,
                                     int64_t offset,
                                     bool need_weights);
+
+/// The same core on the gather kernel: each query attends to its own key list, the listed
+/// entries followed by the (at most `window`) raw tokens of its window, over the keys
+/// [entries ; window.kv], with the sink in the kernel. O(T (k + window) c) instead of
+/// O(T (nb + T) c); no attention weights.
+///   entry_indices: int64 [B, T, k] entry numbers (-1 = unused slot); other arguments as in
+///   shared_kv_attention -> output [B, T, H, c]
+torch::Tensor shared_kv_gather_attention(const CompressedSpec& spec,
+                                         const torch::Tensor& q,
+                                         const torch::Tensor& entries,
+                                         const torch::Tensor& entry_indices,
+                                         const RawWindow& window,
+                                         const torch::Tensor& raw_mask,
+                                         const torch::Tensor& sink,
+                                         int64_t offset);
 
 }  // namespace detail
 }  // namespace attnkit

@@ -3,14 +3,82 @@
 #include "attention/compressed_common.h"
 #include "attention/dense_common.h"
 
+#include <attnkit/functional/flex_attention.h>
+
 #include <algorithm>
+#include <functional>
 #include <limits>
+#include <utility>
+#include <vector>
 
 namespace attnkit {
 
 namespace {
+
 constexpr const char* kName = "CompressedSparseAttention";
+
+// Which entries queries first_query.. (count of them) may see among the first num_entries:
+// bool [B or 1, count, num_entries].
+using VisibilityFn = std::function<torch::Tensor(int64_t, int64_t, int64_t)>;
+
+// Lightning-indexer scores [B, n, ne]: score[t, e] = sum_h wi[t, h] relu(qi[t, h] . keys[e]).
+//   qi: [B, n, Hi, di], wi: [B, n, Hi], keys: [B, ne, di]
+torch::Tensor index_scores(const torch::Tensor& qi,
+                           const torch::Tensor& wi,
+                           const torch::Tensor& keys) {
+  torch::Tensor dots = torch::relu(torch::einsum("bthd,bsd->bths", {qi, keys}));
+  return torch::einsum("bth,bths->bts", {wi, dots});
 }
+
+// The k best visible entries per query, ties going to the earlier entry (what a stable
+// descending sort keeps, whatever the row length, so decoding selects what the full forward
+// selects), without a sort: everything above the k-th largest score, then the earliest entries
+// tied with it. -> int64 [B, n, k], -1 in the slots left when fewer than k are visible.
+//   scores: [B, n, ne] (-inf where invisible), visible: bool [B or 1, n, ne]
+torch::Tensor top_k_visible(const torch::Tensor& scores, const torch::Tensor& visible, int64_t k) {
+  const int64_t B = scores.size(0), n = scores.size(1), ne = scores.size(2);
+  const int64_t kc = std::min(k, ne);
+  torch::Tensor top = torch::empty({B, n, 0}, scores.options().dtype(torch::kLong));
+  if (kc > 0) {
+    torch::Tensor kth = std::get<0>(torch::topk(scores, kc, /*dim=*/-1)).narrow(-1, kc - 1, 1);
+    torch::Tensor above = scores > kth;
+    torch::Tensor tie = scores == kth;
+    torch::Tensor need = kc - above.sum(-1, /*keepdim=*/true);
+    torch::Tensor chosen = above | (tie & (tie.cumsum(-1) <= need));
+    top = torch::nonzero(chosen).select(1, 2).view({B, n, kc});
+    // fewer than kc visible: the threshold also took invisible (-inf) entries
+    top = top.masked_fill(visible.expand({B, n, ne}).gather(-1, top).logical_not(), -1);
+  }
+  return kc < k ? torch::constant_pad_nd(top, {0, k - kc}, -1) : top;
+}
+
+// The fused path's selection, by chunks of queries (no [B, T, Hi, nb] intermediate): a chunk
+// scores only the entries its last query can see. -> int64 [B, T, k] (-1 = unused slot)
+torch::Tensor select_entries(const torch::Tensor& qi,
+                             const torch::Tensor& wi,
+                             const torch::Tensor& keys,
+                             int64_t k,
+                             int64_t offset,
+                             int64_t rate,
+                             const VisibilityFn& visibility) {
+  const int64_t B = qi.size(0), T = qi.size(1), Hi = qi.size(2), nb = keys.size(1);
+  // ~4M floats of per-head dot products per chunk
+  const int64_t rows = std::max<int64_t>(1, (int64_t{1} << 22) / std::max<int64_t>(1, Hi * nb));
+  std::vector<torch::Tensor> parts;
+  for (int64_t r0 = 0; r0 < T; r0 += rows) {
+    const int64_t n = std::min(rows, T - r0);
+    // the last query, at position offset + r0 + n - 1, sees entries e with (e + 1) r <= it
+    const int64_t seen = std::min(nb, (offset + r0 + n - 1) / rate);
+    torch::Tensor visible = visibility(r0, n, seen);
+    torch::Tensor scores =
+        index_scores(qi.narrow(1, r0, n), wi.narrow(1, r0, n), keys.narrow(1, 0, seen))
+            .masked_fill(visible.logical_not(), -std::numeric_limits<double>::infinity());
+    parts.push_back(top_k_visible(scores, visible, k));
+  }
+  return torch::cat(parts, 1);
+}
+
+}  // namespace
 
 CompressedSparseAttentionOptions::CompressedSparseAttentionOptions(int64_t dim, int64_t num_heads)
     : dim_(dim), num_heads_(num_heads) {}
@@ -91,6 +159,7 @@ void CompressedSparseAttentionImpl::pretty_print(std::ostream& stream) const {
 }
 
 CompressedSparseOutput CompressedSparseAttentionImpl::run(const torch::Tensor& x,
+                                                          const torch::Tensor& attn_mask,
                                                           DecodeState* state,
                                                           bool need_weights) {
   detail::check_sequence_input(kName, x, options.dim(), kv_a->weight);
@@ -102,6 +171,7 @@ CompressedSparseOutput CompressedSparseAttentionImpl::run(const torch::Tensor& x
   const double neg_inf = -std::numeric_limits<double>::infinity();
   const detail::CompressedSpec spec{
       kName, H, c, r, o.window(), o.norm_eps(), rope_ ? &*rope_ : nullptr};
+  const torch::Tensor keep = detail::keep_from_attn_mask(kName, attn_mask, B, T);  // [B', T, T]
 
   // compressor rows [kv_a | z_a | kv_b | z_b]: [B, T, 4c]; padding: values 0, gates -inf
   torch::Tensor raw = kv_a(x);
@@ -120,32 +190,60 @@ CompressedSparseOutput CompressedSparseAttentionImpl::run(const torch::Tensor& x
   }
   torch::Tensor entries = detail::cache_rows(
       state, "entries", detail::finish_entries(spec, pooled, kv_norm, blocks.first_entry));
-  torch::Tensor index_keys = detail::cache_rows(state, "index_keys", idx_k(pooled));  // [B, nb, di]
-  const int64_t nb = entries.size(1);
+  const int64_t nb = entries.size(1), k = std::min(o.top_k(), nb);
 
-  // Lightning indexer: score[t, e] = sum_h w[t, h] relu(qi[t, h] . ki[e]), invisible -> -inf
+  // Entries query t may select: complete before t, and (with a mask) every pooled token kept.
+  const torch::Tensor entry_mask =
+      keep.defined() ? detail::entry_keep_from_mask(keep, nb, r, /*overlapped=*/true)
+                     : torch::Tensor();
+  const VisibilityFn visibility = [&](int64_t first_query, int64_t count, int64_t num_entries) {
+    torch::Tensor visible =
+        detail::entry_visibility(offset + first_query, count, num_entries, r, x.device())
+            .unsqueeze(0);
+    if (!entry_mask.defined()) return visible;
+    return visible & entry_mask.narrow(1, first_query, count).narrow(2, 0, num_entries);
+  };
   torch::Tensor c_q = q_down(x);
-  torch::Tensor qi = idx_q(c_q).view({B, T, Hi, di});
-  torch::Tensor dots = torch::relu(torch::einsum("bthd,bsd->bths", {qi, index_keys}));
-  torch::Tensor scores = torch::einsum("bth,bths->bts", {idx_w(x), dots});  // [B, T, nb]
-  torch::Tensor visible = detail::entry_visibility(offset, T, nb, r, x.device()).unsqueeze(0);
-  scores = scores.masked_fill(visible.logical_not(), neg_inf);
-  torch::Tensor selected = torch::zeros({B, T, nb}, x.options().dtype(torch::kBool));
-  const int64_t k = std::min(o.top_k(), nb);
-  if (k > 0) {
-    // A stable descending sort breaks ties (e.g. scores that relu made 0) towards the earlier
-    // entry, whatever the number of columns, so decoding selects what the full forward selects.
-    torch::Tensor order =
-        std::get<1>(scores.detach().sort(/*stable=*/true, /*dim=*/-1, /*descending=*/true));
-    selected.scatter_(-1, order.narrow(-1, 0, k), true);
-    selected = selected & visible;  // fewer than k visible: top-k also picked -inf entries
-  }
-
   torch::Tensor q = detail::finish_queries(spec, q_up(c_q).view({B, T, H, c}), q_norm, offset);
   detail::RawWindow window =
       detail::raw_window(spec, state, detail::finish_raw(spec, raw, kv_norm, offset), offset);
-  AttentionResult result =
-      detail::shared_kv_attention(spec, q, entries, selected, window, sink, offset, need_weights);
+  // the indexer's queries [B, T, Hi, di] and head weights [B, T, Hi]
+  auto indexer_queries = [&] { return std::make_pair(idx_q(c_q).view({B, T, Hi, di}), idx_w(x)); };
+
+  // Fused path: each query gathers its selected entries and its window (gather kernel, sink in
+  // the kernel). The masked dense form stays for the attention weights and the reference
+  // backend, and runs the dtypes the kernels do not cover.
+  const bool gather = !need_weights && functional::fused_backend_selected() &&
+                      x.device().is_cpu() &&
+                      (q.scalar_type() == torch::kFloat || q.scalar_type() == torch::kBFloat16);
+  if (gather) {
+    torch::Tensor entry_indices;
+    {
+      // The selection is not differentiable (the indexer learns from an auxiliary loss).
+      torch::NoGradGuard no_grad;
+      torch::Tensor index_keys = detail::cache_rows(state, "index_keys", idx_k(pooled));
+      auto qw = indexer_queries();
+      entry_indices = select_entries(qw.first, qw.second, index_keys, k, offset, r, visibility);
+    }
+    CompressedSparseOutput out;
+    out.output = proj(detail::shared_kv_gather_attention(spec, q, entries, entry_indices, window,
+                                                         keep, sink, offset));
+    if (state) state->advance(T);
+    return out;
+  }
+
+  torch::Tensor index_keys = detail::cache_rows(state, "index_keys", idx_k(pooled));  // [B, nb, di]
+  torch::Tensor visible = visibility(0, T, nb);
+  auto qw = indexer_queries();
+  torch::Tensor scores =
+      index_scores(qw.first, qw.second, index_keys).masked_fill(visible.logical_not(), neg_inf);
+  // selected <- one-hot of the top-k indices; unused slots (-1) land in a dropped column nb
+  torch::Tensor top = top_k_visible(scores.detach(), visible, k);
+  torch::Tensor selected = torch::zeros({B, T, nb + 1}, x.options().dtype(torch::kBool))
+                               .scatter_(-1, top.masked_fill(top < 0, nb), true)
+                               .narrow(-1, 0, nb);
+  AttentionResult result = detail::shared_kv_attention(spec, q, entries, selected, window, keep,
+                                                       sink, offset, need_weights);
   if (state) state->advance(T);
 
   CompressedSparseOutput out;
@@ -157,11 +255,16 @@ CompressedSparseOutput CompressedSparseAttentionImpl::run(const torch::Tensor& x
 }
 
 torch::Tensor CompressedSparseAttentionImpl::forward(const torch::Tensor& x) {
-  return run(x, nullptr, false).output;
+  return run(x, {}, nullptr, false).output;
+}
+
+torch::Tensor CompressedSparseAttentionImpl::forward(const torch::Tensor& x,
+                                                     const torch::Tensor& attn_mask) {
+  return run(x, attn_mask, nullptr, false).output;
 }
 
 torch::Tensor CompressedSparseAttentionImpl::forward(const torch::Tensor& x, DecodeState& state) {
-  return run(x, &state, false).output;
+  return run(x, {}, &state, false).output;
 }
 
 DecodeState CompressedSparseAttentionImpl::init_state(int64_t batch_size) const {
@@ -169,13 +272,13 @@ DecodeState CompressedSparseAttentionImpl::init_state(int64_t batch_size) const 
 }
 
 AttentionOutput CompressedSparseAttentionImpl::forward_with_aux(const torch::Tensor& x) {
-  CompressedSparseOutput out = run(x, nullptr, true);
+  CompressedSparseOutput out = run(x, {}, nullptr, true);
   return AttentionOutput{out.output, out.attn_weights};
 }
 
 CompressedSparseOutput CompressedSparseAttentionImpl::forward_with_aux_sparse(
-    const torch::Tensor& x) {
-  return run(x, nullptr, true);
+    const torch::Tensor& x, const torch::Tensor& attn_mask) {
+  return run(x, attn_mask, nullptr, true);
 }
 
 }  // namespace attnkit

@@ -77,6 +77,7 @@ void HeavilyCompressedAttentionImpl::pretty_print(std::ostream& stream) const {
 }
 
 AttentionOutput HeavilyCompressedAttentionImpl::run(const torch::Tensor& x,
+                                                    const torch::Tensor& attn_mask,
                                                     DecodeState* state,
                                                     bool need_weights) {
   detail::check_sequence_input(kName, x, options.dim(), kv->weight);
@@ -87,6 +88,7 @@ AttentionOutput HeavilyCompressedAttentionImpl::run(const torch::Tensor& x,
   const int64_t offset = state ? state->length() : 0;
   const detail::CompressedSpec spec{
       kName, H, c, r, o.window(), o.norm_eps(), rope_ ? &*rope_ : nullptr};
+  const torch::Tensor keep = detail::keep_from_attn_mask(kName, attn_mask, B, T);  // [B', T, T]
 
   // compressor rows [kv | z]: [B, T, 2c]; padding gives values 0 and gates -inf
   torch::Tensor raw = kv(x);
@@ -104,18 +106,27 @@ AttentionOutput HeavilyCompressedAttentionImpl::run(const torch::Tensor& x,
       detail::raw_window(spec, state, detail::finish_raw(spec, raw, kv_norm, offset), offset);
   torch::Tensor entry_keep =
       detail::entry_visibility(offset, T, entries.size(1), r, x.device()).unsqueeze(0);
-  AttentionResult result =
-      detail::shared_kv_attention(spec, q, entries, entry_keep, window, sink, offset, need_weights);
+  if (keep.defined()) {
+    entry_keep =
+        entry_keep & detail::entry_keep_from_mask(keep, entries.size(1), r, /*overlapped=*/false);
+  }
+  AttentionResult result = detail::shared_kv_attention(spec, q, entries, entry_keep, window, keep,
+                                                       sink, offset, need_weights);
   if (state) state->advance(T);
   return AttentionOutput{proj(result.output), result.weights};
 }
 
 torch::Tensor HeavilyCompressedAttentionImpl::forward(const torch::Tensor& x) {
-  return run(x, nullptr, false).output;
+  return run(x, {}, nullptr, false).output;
+}
+
+torch::Tensor HeavilyCompressedAttentionImpl::forward(const torch::Tensor& x,
+                                                      const torch::Tensor& attn_mask) {
+  return run(x, attn_mask, nullptr, false).output;
 }
 
 torch::Tensor HeavilyCompressedAttentionImpl::forward(const torch::Tensor& x, DecodeState& state) {
-  return run(x, &state, false).output;
+  return run(x, {}, &state, false).output;
 }
 
 DecodeState HeavilyCompressedAttentionImpl::init_state(int64_t batch_size) const {
@@ -123,7 +134,7 @@ DecodeState HeavilyCompressedAttentionImpl::init_state(int64_t batch_size) const
 }
 
 AttentionOutput HeavilyCompressedAttentionImpl::forward_with_aux(const torch::Tensor& x) {
-  return run(x, nullptr, true);
+  return run(x, {}, nullptr, true);
 }
 
 }  // namespace attnkit

@@ -19,7 +19,8 @@ void check_gather_inputs(const char* fn,
                          const torch::Tensor& k,
                          const torch::Tensor& v,
                          const torch::Tensor& indices,
-                         const torch::Tensor& weights) {
+                         const torch::Tensor& weights,
+                         const GatherAttentionOptions& o) {
   check_attention_inputs(fn, q, k, v, DotProductAttentionOptions());
   const int64_t B = q.size(0), Hkv = k.size(1), Tq = q.size(2);
   TORCH_CHECK(indices.dim() == 4 && indices.size(0) == B &&
@@ -41,18 +42,26 @@ void check_gather_inputs(const char* fn,
     TORCH_CHECK(weights.is_floating_point(), fn, ": expected floating-point weights, got ",
                 weights.scalar_type());
   }
+  if (o.sinks().defined()) {
+    TORCH_CHECK(o.sinks().dim() == 1 && o.sinks().size(0) == q.size(1), fn,
+                ": expected sinks of shape [Hq] = [", q.size(1), "], got ", o.sinks().sizes());
+    TORCH_CHECK(o.sinks().is_floating_point(), fn, ": expected floating-point sinks, got ",
+                o.sinks().scalar_type());
+  }
 }
 
 struct Prepared {
   GatherParams params;
-  torch::Tensor indices, weights;
+  torch::Tensor indices, weights, sinks;
 };
 
+// sinks: [Hq] or undefined; passed apart from `o` so that autograd sees it (o.sinks() is unset).
 Prepared prepare(const torch::Tensor& q,
                  const torch::Tensor& k,
                  const torch::Tensor& v,
                  const torch::Tensor& indices,
                  const torch::Tensor& weights,
+                 const torch::Tensor& sinks,
                  const GatherAttentionOptions& o) {
   Prepared prep;
   GatherParams& p = prep.params;
@@ -81,6 +90,10 @@ Prepared prepare(const torch::Tensor& q,
     prep.weights = weights.detach().to(torch::kFloat).expand({-1, Hkv, -1, -1}).contiguous();
     p.maybe_weights = prep.weights.data_ptr<float>();
   }
+  if (sinks.defined()) {
+    prep.sinks = sinks.detach().to(torch::kFloat).contiguous();
+    p.maybe_sinks = prep.sinks.data_ptr<float>();
+  }
   p.scale = static_cast<float>(o.scale().value_or(1.0 / std::sqrt(static_cast<double>(q.size(3)))));
   return prep;
 }
@@ -90,13 +103,20 @@ GatherAttentionResult forward_op(const torch::Tensor& q,
                                  const torch::Tensor& v,
                                  const torch::Tensor& indices,
                                  const torch::Tensor& weights,
+                                 const torch::Tensor& sinks,
                                  const GatherAttentionOptions& o) {
   GatherAttentionResult r;
   r.output = torch::zeros({q.size(0), q.size(1), q.size(2), v.size(3)}, q.options());
   r.lse = torch::full({q.size(0), q.size(1), q.size(2)}, -std::numeric_limits<float>::infinity(),
                       q.options().dtype(torch::kFloat));
-  if (r.output.numel() == 0 || indices.numel() == 0 || k.size(2) == 0) return r;
-  Prepared prep = prepare(q, k, v, indices, weights, o);
+  if (r.output.numel() == 0) return r;
+  if (indices.numel() == 0 || k.size(2) == 0) {
+    // no key anywhere: the lse is the sink's alone
+    if (sinks.defined())
+      r.lse.copy_(sinks.detach().to(torch::kFloat).view({1, -1, 1}).expand_as(r.lse));
+    return r;
+  }
+  Prepared prep = prepare(q, k, v, indices, weights, sinks, o);
   prep.params.out = r.output.data_ptr();
   prep.params.lse = r.lse.data_ptr<float>();
   kernels::gather::gather_forward(prep.params);
@@ -115,10 +135,12 @@ class GatherAttentionFunction : public torch::autograd::Function<GatherAttention
                                                 torch::Tensor k,
                                                 torch::Tensor v,
                                                 torch::Tensor weights,
+                                                torch::Tensor sinks,
                                                 c10::intrusive_ptr<GatherConfig> config) {
-    torch::Tensor w = weights.numel() > 0 || weights.dim() == 4 ? weights : torch::Tensor();
-    GatherAttentionResult r = forward_op(q, k, v, config->indices, w, config->options);
-    ctx->save_for_backward({q, k, v, weights, r.output, r.lse});
+    torch::Tensor w = weights.dim() == 4 ? weights : torch::Tensor();
+    torch::Tensor sk = sinks.numel() > 0 ? sinks : torch::Tensor();
+    GatherAttentionResult r = forward_op(q, k, v, config->indices, w, sk, config->options);
+    ctx->save_for_backward({q, k, v, weights, sinks, r.output, r.lse});
     ctx->saved_data["config"] = c10::IValue::make_capsule(config);
     ctx->mark_non_differentiable({r.lse});
     return {r.output, r.lse};
@@ -129,8 +151,10 @@ class GatherAttentionFunction : public torch::autograd::Function<GatherAttention
     auto saved = ctx->get_saved_variables();
     c10::intrusive_ptr<torch::CustomClassHolder> holder = ctx->saved_data["config"].toCapsule();
     const auto* config = static_cast<const GatherConfig*>(holder.get());
-    const torch::Tensor &q = saved[0], &k = saved[1], &v = saved[2], &out = saved[4];
+    const torch::Tensor &q = saved[0], &k = saved[1], &v = saved[2];
+    const torch::Tensor &out = saved[5], &lse = saved[6];
     torch::Tensor w = saved[3].dim() == 4 ? saved[3] : torch::Tensor();
+    torch::Tensor sinks = saved[4].numel() > 0 ? saved[4] : torch::Tensor();
     auto f32 = q.options().dtype(torch::kFloat);
     torch::Tensor dq = torch::zeros(q.sizes(), f32), dk = torch::zeros(k.sizes(), f32);
     torch::Tensor dv = torch::zeros(v.sizes(), f32), dw;
@@ -140,17 +164,30 @@ class GatherAttentionFunction : public torch::autograd::Function<GatherAttention
     torch::Tensor dout = grad_outputs[0];
     if (dout.defined() && q.numel() > 0 && config->indices.numel() > 0 && k.size(2) > 0) {
       dout = dout.to(q.scalar_type()).contiguous();
-      Prepared prep = prepare(q, k, v, config->indices, w, config->options);
+      Prepared prep = prepare(q, k, v, config->indices, w, sinks, config->options);
       prep.params.out = out.data_ptr();
-      prep.params.lse = saved[5].data_ptr<float>();
+      prep.params.lse = lse.data_ptr<float>();
       GatherBackwardParams g;
       g.dout = dout.data_ptr();
       g.dq = dq.data_ptr<float>(), g.dk = dk.data_ptr<float>(), g.dv = dv.data_ptr<float>();
       if (dw.defined()) g.maybe_dweights = dw.data_ptr<float>();
       kernels::gather::gather_backward(prep.params, g);
     }
-    return {dq.to(q.scalar_type()), dk.to(k.scalar_type()), dv.to(v.scalar_type()),
+    torch::Tensor dsinks;
+    if (sinks.defined() && ctx->needs_input_grad(4)) {
+      // lse = log(sum_j w_j exp s_j + exp sink)  =>  dL/dsink_h = -sum_{b,i} exp(sink_h - lse) Di
+      // with Di = dO . O (zero for rows without an lse, whose output is constant zero)
+      torch::Tensor di = dout.defined() ? (dout.to(torch::kFloat) * out.to(torch::kFloat)).sum(-1)
+                                        : torch::zeros_like(lse);
+      torch::Tensor share = torch::exp(sinks.detach().to(torch::kFloat).view({1, -1, 1}) - lse);
+      share = torch::where(torch::isneginf(lse), torch::zeros_like(share), share);
+      dsinks = -(share * di).sum(torch::IntArrayRef{0, 2}).to(sinks.scalar_type());
+    }
+    return {dq.to(q.scalar_type()),
+            dk.to(k.scalar_type()),
+            dv.to(v.scalar_type()),
             dw.defined() ? dw.sum_to_size(w.sizes()).to(w.scalar_type()) : torch::Tensor(),
+            dsinks,
             torch::Tensor()};
   }
 };
@@ -163,7 +200,7 @@ GatherAttentionResult gather_attention_reference(const torch::Tensor& q,
                                                  const torch::Tensor& indices,
                                                  const torch::Tensor& weights,
                                                  const GatherAttentionOptions& o) {
-  check_gather_inputs("gather_attention_reference", q, k, v, indices, weights);
+  check_gather_inputs("gather_attention_reference", q, k, v, indices, weights, o);
   const int64_t B = q.size(0), Hq = q.size(1), Tq = q.size(2), D = q.size(3);
   const int64_t Hkv = k.size(1), Tk = k.size(2), Dv = v.size(3), G = Hq / Hkv;
   const int64_t K = indices.size(3);
@@ -186,10 +223,16 @@ GatherAttentionResult gather_attention_reference(const torch::Tensor& q,
   torch::Tensor w = weights.defined() ? weights.to(compute) : torch::ones_like(s.select(2, 0));
   torch::Tensor usable = (valid & (w > 0)).unsqueeze(2).expand_as(s);
   s = s.masked_fill(usable.logical_not(), -std::numeric_limits<double>::infinity());
-  torch::Tensor m = std::get<0>(s.detach().max(-1, /*keepdim=*/true));
+  torch::Tensor m = std::get<0>(s.detach().max(-1, /*keepdim=*/true));  // [B, Hkv, G, Tq, 1]
+  torch::Tensor sink;
+  if (o.sinks().defined()) {
+    sink = o.sinks().to(compute).view({1, Hkv, G, 1, 1});
+    m = torch::maximum(m, sink.detach().expand_as(m));
+  }
   m = m.masked_fill(m == -std::numeric_limits<double>::infinity(), 0.0);
   torch::Tensor e = torch::exp(s - m) * w.unsqueeze(2);  // w_j exp(s_j - m)
   torch::Tensor z = e.sum(-1, /*keepdim=*/true);
+  if (sink.defined()) z = z + torch::exp(sink - m);  // the sink's share of the denominator
   torch::Tensor p = e / torch::where(z > 0, z, torch::ones_like(z));
   torch::Tensor out = torch::einsum("bhgtk,bhtkd->bhgtd", {p, vg});
   GatherAttentionResult r;
@@ -204,16 +247,18 @@ GatherAttentionResult gather_attention(const torch::Tensor& q,
                                        const torch::Tensor& indices,
                                        const torch::Tensor& weights,
                                        const GatherAttentionOptions& o) {
-  check_gather_inputs("gather_attention", q, k, v, indices, weights);
+  check_gather_inputs("gather_attention", q, k, v, indices, weights, o);
   const bool fused = fused_backend_selected() && q.device().is_cpu() &&
                      (q.scalar_type() == torch::kFloat || q.scalar_type() == torch::kBFloat16);
   if (!fused) return gather_attention_reference(q, k, v, indices, weights, o);
   auto config = c10::make_intrusive<GatherConfig>();
   config->options = o;
+  config->options.sinks(torch::Tensor());  // travels as an input, so autograd tracks it
   config->indices = indices.to(torch::kLong).contiguous();
-  // Function::apply cannot take an undefined tensor (LibTorch 1.13): an empty placeholder.
+  // Function::apply cannot take an undefined tensor (LibTorch 1.13): empty placeholders.
   torch::Tensor w = weights.defined() ? weights : torch::empty({0});
-  auto r = GatherAttentionFunction::apply(q, k, v, w, config);
+  torch::Tensor sinks = o.sinks().defined() ? o.sinks() : torch::empty({0});
+  auto r = GatherAttentionFunction::apply(q, k, v, w, sinks, config);
   return GatherAttentionResult{r[0], r[1]};
 }
 

@@ -7,10 +7,13 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <map>
 #include <numeric>
+#include <string>
 
 #include "support/contract.h"
 #include "support/naive.h"
+#include "support/tolerance.h"
 
 namespace attnkit {
 namespace {
@@ -38,7 +41,7 @@ ATTNKIT_CONTRACT_SUITE(
     CompressedSparseAttention,
     testing::with_aux_trained(ContractCase{"rate2_top2_window3",
                                            [] { return contract_module(small_options()); }, true,
-                                           /*takes_mask=*/false},
+                                           /*takes_mask=*/true},
                               {"idx_"}),
     testing::with_aux_trained(ContractCase{"groups2_kv6_qlora10_rate3",
                                            [] {
@@ -50,7 +53,7 @@ ATTNKIT_CONTRACT_SUITE(
                                                                         .num_groups(2)
                                                                         .bias(true));
                                            },
-                                           true, false},
+                                           true, true},
                               {"idx_"}),
     testing::with_aux_trained(ContractCase{"partial_rope_last_interleaved",
                                            [] {
@@ -60,12 +63,12 @@ ATTNKIT_CONTRACT_SUITE(
                                                      .channels(RopeChannels::kLast)
                                                      .style(RopeStyle::kInterleaved)));
                                            },
-                                           true, false},
+                                           true, true},
                               {"idx_"}),
     testing::with_aux_trained(
         ContractCase{"defaults_top_k_covers_all",
                      [] { return contract_module(CompressedSparseAttentionOptions(32, 2)); }, true,
-                     false,
+                     true,
                      /*batch_size=*/1, /*seq_len=*/13},
         {"idx_"}));
 
@@ -326,29 +329,176 @@ TEST(CompressedSparseAttention, IndexerGetsNoGradientFromTheOutput) {
 }
 
 TEST(CompressedSparseAttention, DecodingWrapsTheRingAndMatchesFullForward) {
-  torch::manual_seed(4);
+  for (const char* backend : {"fused", "reference"}) {
+    SCOPED_TRACE(backend);
+    testing::EnvGuard guard("ATTNKIT_BACKEND", backend);
+    torch::manual_seed(4);
+    for (auto options :
+         {small_options().compression_rate(3).window(5),
+          small_options().kv_dim(6).rope(RopeOptions().dim(4).channels(RopeChannels::kLast)),
+          small_options().compression_rate(4).top_k(1).window(0)}) {
+      CompressedSparseAttention m(options);
+      randomize(m);
+      torch::NoGradGuard no_grad;
+      torch::Tensor x = torch::randn({2, 23, 32});
+      torch::Tensor full = m(x);
+      DecodeState state = m->init_state(2);
+      std::vector<torch::Tensor> parts;
+      int64_t t = 0;
+      for (int64_t len : {2, 7, 1, 1, 4, 8}) {
+        parts.push_back(m->forward(x.narrow(1, t, len), state));
+        t += len;
+      }
+      EXPECT_LT(max_abs_diff(torch::cat(parts, 1), full), 1e-5) << options.window();
+      DecodeState single = m->init_state(2);
+      parts.clear();
+      for (int64_t i = 0; i < 23; ++i) parts.push_back(m->forward(x.narrow(1, i, 1), single));
+      EXPECT_LT(max_abs_diff(torch::cat(parts, 1), full), 1e-5) << options.window();
+    }
+  }
+}
+
+// --- the fused (gather kernel) path against the masked dense reference
+
+// Output and the gradient of every parameter and of x, under ATTNKIT_BACKEND=backend.
+struct Run {
+  torch::Tensor output, x_grad;
+  std::map<std::string, torch::Tensor> grads;
+};
+
+Run run_backend(CompressedSparseAttention& m,
+                const torch::Tensor& x_in,
+                const torch::Tensor& mask,
+                const torch::Tensor& dout,
+                const char* backend) {
+  testing::EnvGuard guard("ATTNKIT_BACKEND", backend);
+  m->zero_grad();
+  Run run;
+  torch::Tensor x = x_in.detach().clone().requires_grad_(true);
+  run.output = mask.defined() ? m(x, mask) : m(x);
+  (run.output * dout).sum().backward();
+  run.x_grad = x.grad();
+  for (const auto& p : m->named_parameters()) run.grads[p.key()] = p.value().grad();
+  return run;
+}
+
+void expect_fused_equals_reference(CompressedSparseAttention& m,
+                                   const torch::Tensor& x,
+                                   const torch::Tensor& mask = {}) {
+  torch::Tensor dout = torch::randn(x.sizes());
+  Run expected = run_backend(m, x, mask, dout, "reference");
+  for (const char* isa : testing::isa_paths()) {
+    SCOPED_TRACE(isa);
+    testing::EnvGuard guard("ATTNKIT_CPU_CAPABILITY", isa);
+    Run got = run_backend(m, x, mask, dout, "fused");
+    EXPECT_LT(max_abs_diff(got.output, expected.output), 1e-5);
+    EXPECT_LT(max_abs_diff(got.x_grad, expected.x_grad), 1e-5);
+    for (const auto& [name, grad] : expected.grads) {
+      // the indexer learns only from its auxiliary loss: no gradient on either path
+      ASSERT_EQ(got.grads[name].defined(), grad.defined()) << name;
+      if (grad.defined()) EXPECT_LT(max_abs_diff(got.grads[name], grad), 1e-5) << name;
+    }
+  }
+}
+
+TEST(CompressedSparseAttention, FusedPathEqualsMaskedReference) {
+  torch::manual_seed(11);
+  const int64_t T = 29;
   for (auto options :
-       {small_options().compression_rate(3).window(5),
-        small_options().kv_dim(6).rope(RopeOptions().dim(4).channels(RopeChannels::kLast)),
-        small_options().compression_rate(4).top_k(1).window(0)}) {
+       {small_options(), small_options().compression_rate(3).top_k(1).num_groups(2).bias(true),
+        // top_k >= number of entries: every visible entry is selected
+        small_options().compression_rate(3).top_k(100).window(4),
+        // no raw window: the first queries see nothing but the sink
+        small_options().compression_rate(4).window(0),
+        // a window longer than the sequence
+        small_options().compression_rate(3).window(40),
+        small_options().kv_dim(8).rope(
+            RopeOptions().dim(4).channels(RopeChannels::kLast).style(RopeStyle::kInterleaved))}) {
+    SCOPED_TRACE("top_k " + std::to_string(options.top_k()) + ", window " +
+                 std::to_string(options.window()));
     CompressedSparseAttention m(options);
     randomize(m);
-    torch::NoGradGuard no_grad;
-    torch::Tensor x = torch::randn({2, 23, 32});
-    torch::Tensor full = m(x);
-    DecodeState state = m->init_state(2);
-    std::vector<torch::Tensor> parts;
-    int64_t t = 0;
-    for (int64_t len : {2, 7, 1, 1, 4, 8}) {
-      parts.push_back(m->forward(x.narrow(1, t, len), state));
-      t += len;
-    }
-    EXPECT_LT(max_abs_diff(torch::cat(parts, 1), full), 1e-5) << options.window();
-    DecodeState single = m->init_state(2);
-    parts.clear();
-    for (int64_t i = 0; i < 23; ++i) parts.push_back(m->forward(x.narrow(1, i, 1), single));
-    EXPECT_LT(max_abs_diff(torch::cat(parts, 1), full), 1e-5) << options.window();
+    torch::Tensor x = torch::randn({2, T, 32});
+    expect_fused_equals_reference(m, x);
+    // a causal keep mask leaves everything as it is; a random one narrows it further
+    torch::Tensor causal = torch::ones({T, T}, torch::kBool).tril();
+    expect_fused_equals_reference(m, x, causal);
+    expect_fused_equals_reference(m, x, torch::rand({2, 1, T, T}) < 0.85);
   }
+}
+
+TEST(CompressedSparseAttention, FusedPathRunsBFloat16) {
+  torch::manual_seed(12);
+  CompressedSparseAttention m(small_options());
+  randomize(m);
+  torch::Tensor x = torch::randn({2, 21, 32});
+  torch::Tensor expected;
+  {
+    testing::EnvGuard guard("ATTNKIT_BACKEND", "reference");
+    expected = m(x);
+  }
+  m->to(torch::kBFloat16);
+  torch::Tensor got = m(x.to(torch::kBFloat16));
+  EXPECT_EQ(got.scalar_type(), torch::kBFloat16);
+  EXPECT_LT(max_abs_diff(got.to(torch::kFloat), expected), 5e-2);
+}
+
+// --- attn_mask
+
+TEST(CompressedSparseAttention, CausalMaskChangesNothing) {
+  torch::manual_seed(13);
+  CompressedSparseAttention m(small_options().compression_rate(3));
+  randomize(m);
+  torch::NoGradGuard no_grad;
+  torch::Tensor x = torch::randn({2, 17, 32});
+  EXPECT_LT(max_abs_diff(m(x, torch::ones({17, 17}, torch::kBool).tril()), m(x)), 1e-6);
+}
+
+TEST(CompressedSparseAttention, EntryVisibleOnlyWhenEveryPooledTokenIsKept) {
+  torch::manual_seed(14);
+  CompressedSparseAttention m(small_options().compression_rate(2).top_k(100));  // every visible
+  const int64_t T = 14, r = 2, nb = 7;
+  torch::Tensor keep = torch::ones({T, T}, torch::kBool);
+  keep[11][5] = false;  // query 11 may not see token 5: pooled by entries 2 (own) and 3 (prev)
+  CompressedSparseOutput out = m->forward_with_aux_sparse(torch::randn({1, T, 32}), keep);
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t e = 0; e < nb; ++e) {
+      const bool expected = (e + 1) * r <= t && !(t == 11 && (e == 2 || e == 3));
+      EXPECT_EQ(out.selected[0][t][e].item<bool>(), expected) << t << " " << e;
+    }
+}
+
+// Perturbing tokens a query may not see changes nothing at that query, on both paths.
+TEST(CompressedSparseAttention, MaskedKeysHaveNoInfluence) {
+  const int64_t T = 24;
+  for (const char* backend : {"fused", "reference"}) {
+    SCOPED_TRACE(backend);
+    testing::EnvGuard guard("ATTNKIT_BACKEND", backend);
+    torch::manual_seed(15);
+    CompressedSparseAttention m(small_options().compression_rate(3).top_k(3).window(6));
+    randomize(m);
+    torch::NoGradGuard no_grad;
+    // queries 16.. may not see tokens 9..13 (nor, then, the entries pooling them)
+    torch::Tensor keep = torch::ones({2, T, T}, torch::kBool);
+    keep.narrow(1, 16, T - 16).narrow(2, 9, 5).fill_(false);
+    torch::Tensor x = torch::randn({2, T, 32});
+    torch::Tensor x2 = x.clone();
+    x2.narrow(1, 9, 5).add_(torch::randn({2, 5, 32}) * 3.0);
+    torch::Tensor y = m(x, keep), y2 = m(x2, keep);
+    EXPECT_LT(max_abs_diff(y.narrow(1, 16, T - 16), y2.narrow(1, 16, T - 16)), 1e-6);
+    // the same perturbation does reach the queries that may see those tokens
+    EXPECT_GT(max_abs_diff(y.narrow(1, 14, 2), y2.narrow(1, 14, 2)), 1e-3);
+    EXPECT_GT(max_abs_diff(m(x).narrow(1, 16, T - 16), m(x2).narrow(1, 16, T - 16)), 1e-3);
+  }
+}
+
+TEST(CompressedSparseAttention, MaskErrors) {
+  CompressedSparseAttention m(small_options());
+  torch::Tensor x = torch::randn({2, 6, 32});
+  ATTNKIT_EXPECT_ERROR(m(x, torch::zeros({6, 6})), HasSubstr("CompressedSparseAttention"),
+                       HasSubstr("expected a bool attn_mask"));
+  ATTNKIT_EXPECT_ERROR(m(x, torch::ones({2, 4, 6, 6}, torch::kBool)),
+                       HasSubstr("CompressedSparseAttention"), HasSubstr("attn_mask"));
 }
 
 TEST(CompressedSparseAttention, DecodeStateHoldsEntriesIndexKeysRingAndBlocks) {

@@ -9,6 +9,7 @@
 
 #include "support/contract.h"
 #include "support/naive.h"
+#include "support/tolerance.h"
 
 namespace attnkit {
 namespace {
@@ -34,7 +35,7 @@ ATTNKIT_CONTRACT_SUITE(
     HeavilyCompressedAttention,
     ContractCase{"rate2_window3",
                  [] { return as_attention(HeavilyCompressedAttention(small_options())); }, true,
-                 /*takes_mask=*/false},
+                 /*takes_mask=*/true},
     ContractCase{"groups2_kv6_qlora10_rate3",
                  [] {
                    return as_attention(
@@ -46,20 +47,20 @@ ATTNKIT_CONTRACT_SUITE(
                                                       .num_groups(2)
                                                       .bias(true)));
                  },
-                 true, false},
+                 true, true},
     ContractCase{
         "partial_rope_last_interleaved",
         [] {
           return as_attention(HeavilyCompressedAttention(small_options().kv_dim(8).rope(
               RopeOptions().dim(4).channels(RopeChannels::kLast).style(RopeStyle::kInterleaved))));
         },
-        true, false},
+        true, true},
     ContractCase{"window_covers_sequence",
                  [] {
                    return as_attention(HeavilyCompressedAttention(
                        HeavilyCompressedAttentionOptions(32, 2).compression_rate(4)));
                  },
-                 true, false, /*batch_size=*/1, /*seq_len=*/13});
+                 true, true, /*batch_size=*/1, /*seq_len=*/13});
 
 // --- naive re-implementation of mechanisms.md 2.8, explicit loops in double
 
@@ -264,6 +265,70 @@ TEST(HeavilyCompressedAttention, DecodingWrapsTheRingAndMatchesFullForward) {
     }
     EXPECT_LT(max_abs_diff(torch::cat(parts, 1), full), 1e-5) << options.window();
   }
+}
+
+// --- attn_mask
+
+TEST(HeavilyCompressedAttention, CausalMaskChangesNothing) {
+  torch::manual_seed(13);
+  HeavilyCompressedAttention m(small_options().compression_rate(3));
+  randomize(m);
+  torch::NoGradGuard no_grad;
+  torch::Tensor x = torch::randn({2, 17, 32});
+  EXPECT_LT(max_abs_diff(m(x, torch::ones({17, 17}, torch::kBool).tril()), m(x)), 1e-6);
+}
+
+// Perturbing tokens a query may not see changes nothing at that query: not through the raw
+// window, not through an entry that pools them.
+TEST(HeavilyCompressedAttention, MaskedKeysHaveNoInfluence) {
+  const int64_t T = 24;
+  for (const char* backend : {"fused", "reference"}) {
+    SCOPED_TRACE(backend);
+    testing::EnvGuard guard("ATTNKIT_BACKEND", backend);
+    torch::manual_seed(15);
+    HeavilyCompressedAttention m(small_options().compression_rate(3).window(6));
+    randomize(m);
+    torch::NoGradGuard no_grad;
+    // queries 16.. may not see tokens 9..13 (nor entries 3 and 4, which pool them)
+    torch::Tensor keep = torch::ones({2, 1, T, T}, torch::kBool);
+    keep.narrow(2, 16, T - 16).narrow(3, 9, 5).fill_(false);
+    torch::Tensor x = torch::randn({2, T, 32});
+    torch::Tensor x2 = x.clone();
+    x2.narrow(1, 9, 5).add_(torch::randn({2, 5, 32}) * 3.0);
+    torch::Tensor y = m(x, keep), y2 = m(x2, keep);
+    EXPECT_LT(max_abs_diff(y.narrow(1, 16, T - 16), y2.narrow(1, 16, T - 16)), 1e-6);
+    EXPECT_GT(max_abs_diff(y.narrow(1, 14, 2), y2.narrow(1, 14, 2)), 1e-3);
+    EXPECT_GT(max_abs_diff(m(x).narrow(1, 16, T - 16), m(x2).narrow(1, 16, T - 16)), 1e-3);
+    // rows the mask leaves whole are the unmasked forward's
+    EXPECT_LT(max_abs_diff(y.narrow(1, 0, 16), m(x).narrow(1, 0, 16)), 1e-6);
+  }
+}
+
+// Entry 1 pools tokens 3..5. Hiding token 4 alone from query 10 hides the whole entry from it,
+// so tokens 3 and 5 (kept, but outside query 10's window of 2) no longer reach it at all.
+TEST(HeavilyCompressedAttention, HidingOneTokenHidesItsEntry) {
+  torch::manual_seed(16);
+  HeavilyCompressedAttention m(small_options().compression_rate(3).window(2));
+  randomize(m);
+  torch::NoGradGuard no_grad;
+  const int64_t T = 12;
+  torch::Tensor keep = torch::ones({T, T}, torch::kBool);
+  keep[10][4] = false;
+  torch::Tensor x = torch::randn({1, T, 32});
+  torch::Tensor x2 = x.clone();
+  x2.narrow(1, 3, 1).add_(3.0);
+  x2.narrow(1, 5, 1).add_(3.0);
+  EXPECT_LT(max_abs_diff(m(x, keep).select(1, 10), m(x2, keep).select(1, 10)), 1e-6);
+  EXPECT_GT(max_abs_diff(m(x).select(1, 10), m(x2).select(1, 10)), 1e-3);
+}
+
+TEST(HeavilyCompressedAttention, MaskErrors) {
+  HeavilyCompressedAttention m(small_options());
+  torch::Tensor x = torch::randn({2, 6, 32});
+  ATTNKIT_EXPECT_ERROR(m(x, torch::zeros({6, 6})), HasSubstr("HeavilyCompressedAttention"),
+                       HasSubstr("expected a bool attn_mask"));
+  ATTNKIT_EXPECT_ERROR(m(x, torch::ones({2, 4, 6, 6}, torch::kBool)),
+                       HasSubstr("HeavilyCompressedAttention"), HasSubstr("attn_mask"));
 }
 
 TEST(HeavilyCompressedAttention, DecodeStateHoldsEntriesRingAndPartialBlock) {

@@ -109,6 +109,83 @@ TEST(GatherAttention, SharedListsEqualListsRepeatedPerHead) {
         EXPECT_TRUE(torch::allclose(a[n], b[n], 1e-5, 1e-5)) << n << " weighted " << weighted;
       }
     }
+    }
+  }
+}
+
+// Sink logits per query head: finite ones and one -inf (that head behaves as without a sink).
+torch::Tensor make_sinks(int64_t Hq) {
+  torch::Tensor sinks = torch::randn({Hq});
+  sinks[Hq - 1] = -std::numeric_limits<float>::infinity();
+  return sinks;
+}
+
+TEST(GatherAttention, SinksForwardMatchesReference) {
+  for (auto dtype : {torch::kFloat, torch::kBFloat16}) {
+    GatherInputs in = make(2, 4, 2, 9, 50, 40, 24, 12, dtype);
+    torch::Tensor sinks = make_sinks(4);
+    for (bool weighted : {false, true}) {
+      torch::Tensor w = weighted ? in.w : torch::Tensor();
+      auto e = gather_attention_reference(in.q.to(torch::kDouble), in.k.to(torch::kDouble),
+                                          in.v.to(torch::kDouble), in.idx,
+                                          weighted ? w.to(torch::kDouble) : w,
+                                          GatherAttentionOptions().sinks(sinks.to(torch::kDouble)));
+      for (const char* isa : testing::isa_paths()) {
+        SCOPED_TRACE(isa);
+        testing::EnvGuard guard("ATTNKIT_CPU_CAPABILITY", isa);
+        auto r =
+            gather_attention(in.q, in.k, in.v, in.idx, w, GatherAttentionOptions().sinks(sinks));
+        const testing::Tolerance tol = testing::tolerance_for(dtype);
+        EXPECT_TRUE(torch::allclose(r.output.to(torch::kDouble), e.output, tol.rtol, tol.atol));
+        EXPECT_TRUE(torch::allclose(r.lse.to(torch::kDouble), e.lse, 1e-4, 1e-4));
+        // row 1 lists no key: zero output, and the lse is the sink alone
+        EXPECT_TRUE(torch::equal(r.output.select(2, 1), torch::zeros_like(r.output.select(2, 1))));
+        EXPECT_TRUE(torch::allclose(r.lse.select(2, 1), sinks.view({1, 4}).expand({2, 4})));
+      }
+    }
+    // a sink only adds to the denominator: weights shrink by the same factor, so outputs too
+    auto without = gather_attention(in.q, in.k, in.v, in.idx);
+    auto with =
+        gather_attention(in.q, in.k, in.v, in.idx, {}, GatherAttentionOptions().sinks(sinks));
+    torch::Tensor shrink = 1.0 - torch::exp(sinks.view({1, 4, 1}) - with.lse);  // sum of p_j
+    shrink = torch::where(torch::isneginf(with.lse), torch::zeros_like(shrink), shrink);
+    const testing::Tolerance tol = testing::tolerance_for(dtype);
+    EXPECT_TRUE(torch::allclose(with.output.to(torch::kFloat),
+                                without.output.to(torch::kFloat) * shrink.unsqueeze(-1),
+                                2 * tol.rtol, 2 * tol.atol));
+  }
+}
+
+TEST(GatherAttention, SinkGradientsMatchAutogradThroughTheReference) {
+  GatherInputs in = make(2, 4, 2, 7, 30, 40, 24, 21, torch::kFloat);
+  torch::Tensor sinks0 = make_sinks(4);
+  sinks0[0] = 3.0;  // a sink that dominates some rows
+  torch::Tensor dout = torch::randn({2, 4, 7, 24});
+  auto run = [&](bool fused) {
+    auto dt = fused ? torch::kFloat : torch::kDouble;
+    torch::Tensor q = in.q.to(dt).detach().requires_grad_(true),
+                  k = in.k.to(dt).detach().requires_grad_(true);
+    torch::Tensor v = in.v.to(dt).detach().requires_grad_(true),
+                  w = in.w.to(dt).detach().requires_grad_(true);
+    torch::Tensor sinks = sinks0.to(dt).detach().requires_grad_(true);
+    GatherAttentionOptions o;
+    o.sinks(sinks);
+    torch::Tensor out = fused ? gather_attention(q, k, v, in.idx, w, o).output
+                              : gather_attention_reference(q, k, v, in.idx, w, o).output;
+    (out.to(torch::kDouble) * dout.to(torch::kDouble)).sum().backward();
+    return std::vector<torch::Tensor>{q.grad(), k.grad(), v.grad(), w.grad(), sinks.grad()};
+  };
+  auto expected = run(false);
+  ASSERT_GT(expected[4].abs().sum().item<double>(), 0.0);
+  for (const char* isa : testing::isa_paths()) {
+    SCOPED_TRACE(isa);
+    testing::EnvGuard guard("ATTNKIT_CPU_CAPABILITY", isa);
+    auto got = run(true);
+    for (size_t n = 0; n < got.size(); ++n) {
+      EXPECT_TRUE(torch::allclose(got[n].to(torch::kDouble), expected[n], 1e-4, 1e-4))
+          << n << " max abs diff "
+          << (got[n].to(torch::kDouble) - expected[n]).abs().max().item<double>();
+    }
   }
 }
 
@@ -128,6 +205,13 @@ TEST(GatherAttention, ErrorsNameArgumentAndValues) {
   EXPECT_THAT([&] { gather_attention(in.q, in.k, in.v, in.idx.squeeze(0)); },
               ::testing::ThrowsMessage<c10::Error>(
                   ::testing::HasSubstr("expected indices of shape [B, Hkv or 1, Tq, K]")));
+  EXPECT_THAT(
+      [&] {
+        gather_attention(in.q, in.k, in.v, in.idx, {},
+                         GatherAttentionOptions().sinks(torch::zeros({3})));
+      },
+      ::testing::ThrowsMessage<c10::Error>(
+          ::testing::HasSubstr("gather_attention: expected sinks of shape [Hq] = [2], got [3]")));
 }
 
 }  // namespace

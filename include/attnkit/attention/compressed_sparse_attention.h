@@ -77,6 +77,16 @@ struct CompressedSparseOutput : AttentionOutput {
 /// trained by an auxiliary loss on index_scores).
 /// Deviations from attnhut: invisible index scores and masked logits are -inf, not finite
 /// `neg` (top-k then never prefers an invisible entry, and a row that sees nothing gives zeros).
+/// attn_mask (bool keep [T, T] / [B, T, T] / [B, 1, T, T], over raw positions, one for all
+/// heads) narrows what each query sees on top of the rules above: raw token s stays visible to
+/// t only if keep[t, s]; entry e (which pools the tokens of blocks e - 1 and e) stays visible,
+/// and selectable by the indexer, only if keep[t, s] holds for every token s it pools. So a
+/// hidden token reaches t by no route, and causality stays exact. Additive (float) masks raise.
+/// Execution: with the fused backend (fp32/bf16 on CPU, no attention weights) each query
+/// gathers its selected entries and its window from [entries ; raw KV] (gather kernel, sink in
+/// the kernel, O(T (top_k + window) c)), and the indexer selects by chunks of queries; the
+/// masked dense form over [entries ; raw tokens] runs for forward_with_aux and under
+/// ATTNKIT_BACKEND=reference. Both select the same entries.
 /// Decoding caches the normalised entries and their indexer keys, the raw rows of the
 /// incomplete block and the kv_b/z_b rows of the last complete block, and a ring of the last
 /// `window` raw KV rows; an entry appears when its block completes.
@@ -91,15 +101,18 @@ class CompressedSparseAttentionImpl : public torch::nn::Cloneable<CompressedSpar
   void reset_parameters();
   void pretty_print(std::ostream& stream) const override;
 
-  /// forward(x, attn_mask) stays the base's: no per-call mask (raises for a defined one).
-  using AttentionImpl::forward;
   torch::Tensor forward(const torch::Tensor& x) override;
+  /// attn_mask: bool keep mask [T, T], [B, T, T] or [B, 1, T, T] over raw positions (see the
+  /// class comment for what it does to compressed entries).
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& attn_mask) override;
   torch::Tensor forward(const torch::Tensor& x, DecodeState& state) override;
   DecodeState init_state(int64_t batch_size) const override;
   bool supports_decoding() const override { return true; }
   AttentionOutput forward_with_aux(const torch::Tensor& x) override;
-  /// The output with the attention weights, index scores and selection.
-  CompressedSparseOutput forward_with_aux_sparse(const torch::Tensor& x);
+  /// The output with the attention weights, index scores and selection (masked dense path),
+  /// under an optional attn_mask as in forward(x, attn_mask).
+  CompressedSparseOutput forward_with_aux_sparse(const torch::Tensor& x,
+                                                 const torch::Tensor& attn_mask = {});
   std::string mechanism() const override { return "CompressedSparseAttention"; }
   int64_t dim() const override { return options.dim(); }
 
@@ -111,7 +124,10 @@ class CompressedSparseAttentionImpl : public torch::nn::Cloneable<CompressedSpar
   GroupedOutputProjection proj{nullptr};
 
  private:
-  CompressedSparseOutput run(const torch::Tensor& x, DecodeState* state, bool need_weights);
+  CompressedSparseOutput run(const torch::Tensor& x,
+                             const torch::Tensor& attn_mask,
+                             DecodeState* state,
+                             bool need_weights);
   c10::optional<RotaryEmbedding> rope_;
 };
 ATTNKIT_ATTENTION_MODULE(CompressedSparseAttention);

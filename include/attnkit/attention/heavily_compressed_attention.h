@@ -103,6 +103,11 @@ struct HeavilyCompressedAttentionOptions {
 /// Deviations from attnhut: masking uses -inf, not finite `neg` (a row that sees nothing gives
 /// the zero vector through the sink, or zeros when sink = -inf); the trailing partial block is
 /// pooled with -inf gates for its missing tokens, like attnhut, but it is never visible.
+/// attn_mask (bool keep [T, T] / [B, T, T] / [B, 1, T, T], over raw positions, one for all
+/// heads) narrows what each query sees on top of the rules above: raw token s stays visible to
+/// t only if keep[t, s]; entry e (which pools the tokens of block e) stays visible only if
+/// keep[t, s] holds for every token s it pools. So a hidden token reaches t by no route, and
+/// causality stays exact. Additive (float) masks raise.
 /// Decoding caches the normalised compressed entries, a ring of the last `window` raw KV rows
 /// and the raw kv/z rows of the incomplete block; an entry appears when its block completes.
 /// forward_with_aux: attn_weights [B, H, T, nb + T] over [entries (nb = ceil(T/r)) ; raw tokens].
@@ -116,9 +121,10 @@ class HeavilyCompressedAttentionImpl : public torch::nn::Cloneable<HeavilyCompre
   void reset_parameters();
   void pretty_print(std::ostream& stream) const override;
 
-  /// forward(x, attn_mask) stays the base's: no per-call mask (raises for a defined one).
-  using AttentionImpl::forward;
   torch::Tensor forward(const torch::Tensor& x) override;
+  /// attn_mask: bool keep mask [T, T], [B, T, T] or [B, 1, T, T] over raw positions (see the
+  /// class comment for what it does to compressed entries).
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& attn_mask) override;
   torch::Tensor forward(const torch::Tensor& x, DecodeState& state) override;
   DecodeState init_state(int64_t batch_size) const override;
   bool supports_decoding() const override { return true; }
@@ -132,7 +138,10 @@ class HeavilyCompressedAttentionImpl : public torch::nn::Cloneable<HeavilyCompre
   GroupedOutputProjection proj{nullptr};
 
  private:
-  AttentionOutput run(const torch::Tensor& x, DecodeState* state, bool need_weights);
+  AttentionOutput run(const torch::Tensor& x,
+                      const torch::Tensor& attn_mask,
+                      DecodeState* state,
+                      bool need_weights);
   c10::optional<RotaryEmbedding> rope_;
 };
 ATTNKIT_ATTENTION_MODULE(HeavilyCompressedAttention);

@@ -10,24 +10,29 @@ namespace functional {
 
 /// Options of `gather_attention`.
 /// Example:
-///   GatherAttentionOptions().scale(0.125)
+///   GatherAttentionOptions().scale(0.125).sinks(sink_logits)
 struct GatherAttentionOptions {
   /// Multiplier of q.k. Unset means 1/sqrt(D). Default: nullopt
   TORCH_ARG(c10::optional<double>, scale) = c10::nullopt;
+  /// Per-query-head sink logits [Hq] (natural log, not scaled): exp(sink[h]) joins every row's
+  /// softmax denominator, as an extra key whose value is zero. Differentiable. Undefined means
+  /// none. Default: undefined
+  TORCH_ARG(torch::Tensor, sinks);
 };
 
 /// What `gather_attention` returns.
 struct GatherAttentionResult {
   /// [B, Hq, Tq, Dv], the dtype of q.
   torch::Tensor output;
-  /// [B, Hq, Tq] float32 natural-log log-sum-exp of the weighted visible logits; -inf for a
-  /// query with no usable key (its output is zero).
+  /// [B, Hq, Tq] float32 natural-log log-sum-exp of the weighted visible logits and the sink;
+  /// -inf for a query with no usable key and no sink (its output is zero).
   torch::Tensor lse;
 };
 
-/// Softmax attention over per-query key lists, autograd-aware (gradients for q, k, v and
-/// weights). Query head h uses the list of kv head h / (Hq / Hkv).
-///   p_j = w_j exp(s_j) / sum_j' w_j' exp(s_j'), s_j = scale q . k[idx_j], out = sum_j p_j v[idx_j]
+/// Softmax attention over per-query key lists, autograd-aware (gradients for q, k, v, weights
+/// and sinks). Query head h uses the list of kv head h / (Hq / Hkv).
+///   p_j = w_j exp(s_j) / (sum_j' w_j' exp(s_j') + exp(sink_h)), s_j = scale q . k[idx_j],
+///   out = sum_j p_j v[idx_j]  (no sink term without options.sinks)
 ///   q: [B, Hq, Tq, D], k: [B, Hkv, Tk, D], v: [B, Hkv, Tk, Dv],
 ///   indices: [B, Hkv, Tq, K] integer key positions (-1 = unused slot), or [B, 1, Tq, K]: one
 ///            list per query shared by every kv head (read in place, never copied per head),

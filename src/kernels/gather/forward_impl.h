@@ -1,7 +1,8 @@
 // SIMD gather-attention forward, written against the vector traits `Vec` of the including ISA
 // translation unit (avx512.cpp / avx2.cpp), inside its namespace. One work item is one query
 // position i of (b, kv head): each listed key row is loaded once and dotted with all G query
-// heads of the group, then its value row is accumulated into all G output rows.
+// heads of the group, then its value row is accumulated into all G output rows. A head's sink
+// logit, when given, is folded into its row's max and denominator at the end.
 
 static inline int64_t round_up_lanes(int64_t n) {
   return (n + Vec::kLanes - 1) / Vec::kLanes * Vec::kLanes;
@@ -25,6 +26,20 @@ static inline void load_row(const void* base,
   }
   for (; e < n; ++e) dst[e] = flash::load_elem(base, dtype, off + e * stride);
   for (; e < n_pad; ++e) dst[e] = 0.0f;
+}
+
+// Folds a sink logit into a row's (max m, denominator l):
+//   m' <- max(m, sink) ; l' <- l exp(m - m') + exp(sink - m')
+// and returns exp(m - m'), the factor the accumulator (weighted by exp(s - m)) must be scaled by.
+// -inf on either side contributes nothing (and never gives -inf - -inf).
+static inline float fold_sink(float sink, float& m, float& l) {
+  constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+  const float m_new = std::max(m, sink);
+  if (m_new == kNegInf) return 0.0f;
+  const float factor = m == kNegInf ? 0.0f : std::exp(m - m_new);
+  l = l * factor + (sink == kNegInf ? 0.0f : std::exp(sink - m_new));
+  m = m_new;
+  return factor;
 }
 
 static void gather_forward_impl(const GatherParams& p) {
@@ -139,8 +154,9 @@ static void gather_forward_impl(const GatherParams& p) {
         }
       }
       for (int64_t g = 0; g < G; ++g) {
-        const int64_t out_row = (b * Hq + hkv * G + g) * Tq + i;
-        const float inv = l[g] > 0.0f ? 1.0f / l[g] : 0.0f;
+        const int64_t h = hkv * G + g, out_row = (b * Hq + h) * Tq + i;
+        const float factor = p.maybe_sinks ? fold_sink(p.maybe_sinks[h], m[g], l[g]) : 1.0f;
+        const float inv = l[g] > 0.0f ? factor / l[g] : 0.0f;
         for (int64_t e = 0; e < Dv; ++e) {
           flash::store_elem(p.out, p.dtype, out_row * Dv + e, o[g * dv_pad + e] * inv);
         }

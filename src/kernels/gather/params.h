@@ -31,6 +31,9 @@ struct GatherParams {
   const int64_t* indices = nullptr;
   // weights: [B, Hkv, Tq, K] fp32 contiguous, multiplies key j's softmax numerator
   const float* maybe_weights = nullptr;
+  // sinks: [Hq] fp32 logits (natural log, unscaled), folded into every row's denominator; the
+  // lse then includes them, so the backward's p = w exp(s - lse) needs no change.
+  const float* maybe_sinks = nullptr;
   float scale = 1.0f;
   // indices (and weights) are [B, 1, Tq, K]: one list per query, shared by every kv head.
   bool shared_lists = false;

@@ -1,7 +1,9 @@
 // Gather attention, scalar reference (llm.c style). One work item per (b, kv head): it owns
 // dk and dv of that kv head and dq of its G query heads, so the backward needs no atomics.
 //   forward:  s_j = scale q . k[idx_j];  e_j = exp(s_j - lse);  p_j = w_j e_j
-//             lse = log sum_j w_j exp(s_j);  out = sum_j p_j v[idx_j]
+//             lse = log (sum_j w_j exp(s_j) + exp(sink));  out = sum_j p_j v[idx_j]
+// (no sink term without sinks). The backward reads p from the lse, so the sink needs nothing
+// there; its own gradient is a reduction the op layer computes.
 
 #include "kernels/flash/common.h"
 #include "kernels/gather/params.h"
@@ -60,9 +62,11 @@ void gather_forward_reference(const GatherParams& p) {
           const int64_t* idx = p.indices + p.list_row(row) * K;
           const float* w = p.maybe_weights ? p.maybe_weights + p.list_row(row) * K : nullptr;
           row_scores(p, b, h, i, s);
-          float m = kNegInf;
+          // m <- max(s, sink); l <- sum_n w_n exp(s_n - m) + exp(sink - m)
+          const float sink = p.maybe_sinks ? p.maybe_sinks[h] : kNegInf;
+          float m = sink;
           for (int64_t n = 0; n < K; ++n) m = std::max(m, s[n]);
-          float l = 0.0f;
+          float l = sink != kNegInf ? std::exp(sink - m) : 0.0f;
           for (int64_t e = 0; e < Dv; ++e) o[e] = 0.0f;
           if (m != kNegInf) {
             for (int64_t n = 0; n < K; ++n) {
