@@ -41,23 +41,29 @@ torch::Tensor top_k_visible(const torch::Tensor& scores, int64_t k) {
   const int64_t kc = std::min(k, ne);
   torch::Tensor top = torch::empty({B, n, 0}, scores.options().dtype(torch::kLong));
   if (kc > 0) {
-    torch::Tensor values;
-    std::tie(values, top) = torch::topk(scores, kc, /*dim=*/-1, /*largest=*/true, /*sorted=*/false);
-    torch::Tensor kth = values.amin(-1, /*keepdim=*/true);  // [B, n, 1]
-    // topk breaks ties in no set order. Where visible entries tied with the k-th score
-    // straddle the cut, take everything above it, then the earliest tied entries.
-    torch::Tensor straddle = ((scores >= kth).sum(-1) > kc) & (kth.squeeze(-1) != kNegInf);
-    torch::Tensor rows = torch::nonzero(straddle);  // [m, 2]: (b, t)
-    if (rows.size(0) > 0) {
-      const torch::Tensor b = rows.select(1, 0), t = rows.select(1, 1);
-      torch::Tensor sc = scores.index({b, t}), cut = kth.index({b, t});  // [m, ne], [m, 1]
-      torch::Tensor above = sc > cut, tie = sc == cut;
-      torch::Tensor need = kc - above.sum(-1, /*keepdim=*/true);
-      torch::Tensor chosen = above | (tie & (tie.cumsum(-1) <= need));
-      top.index_put_({b, t}, torch::nonzero(chosen).select(1, 1).view({rows.size(0), kc}));
+    // the kc best and the next one, sorted descending
+    const int64_t probe = std::min(kc + 1, ne);
+    torch::Tensor values, indices;
+    std::tie(values, indices) = torch::topk(scores, probe, /*dim=*/-1);
+    torch::Tensor kth = values.narrow(-1, kc - 1, 1);  // [B, n, 1]
+    top = indices.narrow(-1, 0, kc);
+    if (probe > kc) {
+      // topk breaks ties in no set order. Where a visible entry left out ties with the k-th
+      // score, take everything above it, then the earliest tied entries.
+      torch::Tensor straddle =
+          (values.narrow(-1, kc, 1) == kth).squeeze(-1) & (kth.squeeze(-1) != kNegInf);
+      torch::Tensor rows = torch::nonzero(straddle);  // [m, 2]: (b, t)
+      if (rows.size(0) > 0) {
+        const torch::Tensor b = rows.select(1, 0), t = rows.select(1, 1);
+        torch::Tensor sc = scores.index({b, t}), cut = kth.index({b, t});  // [m, ne], [m, 1]
+        torch::Tensor above = sc > cut, tie = sc == cut;
+        torch::Tensor need = kc - above.sum(-1, /*keepdim=*/true);
+        torch::Tensor chosen = above | (tie & (tie.cumsum(-1) <= need));
+        top = top.index_put({b, t}, torch::nonzero(chosen).select(1, 1).view({rows.size(0), kc}));
+      }
     }
     // fewer than kc visible: topk also took invisible (-inf) entries
-    top = top.masked_fill(values == kNegInf, -1);
+    top = top.masked_fill(values.narrow(-1, 0, kc) == kNegInf, -1);
   }
   return kc < k ? torch::constant_pad_nd(top, {0, k - kc}, -1) : top;
 }
@@ -79,10 +85,10 @@ torch::Tensor select_entries(const torch::Tensor& qi,
     const int64_t n = std::min(rows, T - r0);
     // the last query, at position offset + r0 + n - 1, sees entries e with (e + 1) r <= it
     const int64_t seen = std::min(nb, (offset + r0 + n - 1) / rate);
-    torch::Tensor scores =
-        index_scores(qi.narrow(1, r0, n), wi.narrow(1, r0, n), keys.narrow(1, 0, seen));
-    scores.masked_fill_(visibility(r0, n, seen).logical_not(),
-                        -std::numeric_limits<double>::infinity());
+    torch::Tensor scores = torch::where(
+        visibility(r0, n, seen),
+        index_scores(qi.narrow(1, r0, n), wi.narrow(1, r0, n), keys.narrow(1, 0, seen)),
+        -std::numeric_limits<double>::infinity());
     parts.push_back(top_k_visible(scores, k));
   }
   return torch::cat(parts, 1);
@@ -243,10 +249,9 @@ CompressedSparseOutput CompressedSparseAttentionImpl::run(const torch::Tensor& x
   }
 
   torch::Tensor index_keys = detail::cache_rows(state, "index_keys", idx_k(pooled));  // [B, nb, di]
-  torch::Tensor visible = visibility(0, T, nb);
   auto qw = indexer_queries();
   torch::Tensor scores =
-      index_scores(qw.first, qw.second, index_keys).masked_fill(visible.logical_not(), neg_inf);
+      torch::where(visibility(0, T, nb), index_scores(qw.first, qw.second, index_keys), neg_inf);
   // selected <- one-hot of the top-k indices; unused slots (-1) land in a dropped column nb
   torch::Tensor top = top_k_visible(scores.detach(), k);
   torch::Tensor selected = torch::zeros({B, T, nb + 1}, x.options().dtype(torch::kBool))
