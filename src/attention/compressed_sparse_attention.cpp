@@ -1,13 +1,14 @@
 #include <attnkit/attention/compressed_sparse_attention.h>
 
+#include <attnkit/functional/flex_attention.h>
+
 #include "attention/compressed_common.h"
 #include "attention/dense_common.h"
-
-#include <attnkit/functional/flex_attention.h>
 
 #include <algorithm>
 #include <functional>
 #include <limits>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -26,28 +27,43 @@ using VisibilityFn = std::function<torch::Tensor(int64_t, int64_t, int64_t)>;
 torch::Tensor index_scores(const torch::Tensor& qi,
                            const torch::Tensor& wi,
                            const torch::Tensor& keys) {
-  torch::Tensor dots = torch::relu(torch::einsum("bthd,bsd->bths", {qi, keys}));
+  torch::Tensor dots = torch::einsum("bthd,bsd->bths", {qi, keys}).relu_();
   return torch::einsum("bth,bths->bts", {wi, dots});
 }
 
 // The k best visible entries per query, ties going to the earlier entry (what a stable
 // descending sort keeps, whatever the row length, so decoding selects what the full forward
-// selects), without a sort: everything above the k-th largest score, then the earliest entries
-// tied with it. -> int64 [B, n, k], -1 in the slots left when fewer than k are visible.
-//   scores: [B, n, ne] (-inf where invisible), visible: bool [B or 1, n, ne]
-torch::Tensor top_k_visible(const torch::Tensor& scores, const torch::Tensor& visible, int64_t k) {
+// selects). -> int64 [B, n, k], -1 in the slots left when fewer than k are visible.
+//   scores: [B, n, ne], -inf exactly where the entry is invisible
+torch::Tensor top_k_visible(const torch::Tensor& scores, int64_t k) {
+  constexpr double kNegInf = -std::numeric_limits<double>::infinity();
   const int64_t B = scores.size(0), n = scores.size(1), ne = scores.size(2);
   const int64_t kc = std::min(k, ne);
   torch::Tensor top = torch::empty({B, n, 0}, scores.options().dtype(torch::kLong));
   if (kc > 0) {
-    torch::Tensor kth = std::get<0>(torch::topk(scores, kc, /*dim=*/-1)).narrow(-1, kc - 1, 1);
-    torch::Tensor above = scores > kth;
-    torch::Tensor tie = scores == kth;
-    torch::Tensor need = kc - above.sum(-1, /*keepdim=*/true);
-    torch::Tensor chosen = above | (tie & (tie.cumsum(-1) <= need));
-    top = torch::nonzero(chosen).select(1, 2).view({B, n, kc});
-    // fewer than kc visible: the threshold also took invisible (-inf) entries
-    top = top.masked_fill(visible.expand({B, n, ne}).gather(-1, top).logical_not(), -1);
+    // the kc best and the next one, sorted descending
+    const int64_t probe = std::min(kc + 1, ne);
+    torch::Tensor values, indices;
+    std::tie(values, indices) = torch::topk(scores, probe, /*dim=*/-1);
+    torch::Tensor kth = values.narrow(-1, kc - 1, 1);  // [B, n, 1]
+    top = indices.narrow(-1, 0, kc);
+    if (probe > kc) {
+      // topk breaks ties in no set order. Where a visible entry left out ties with the k-th
+      // score, take everything above it, then the earliest tied entries.
+      torch::Tensor straddle =
+          (values.narrow(-1, kc, 1) == kth).squeeze(-1) & (kth.squeeze(-1) != kNegInf);
+      torch::Tensor rows = torch::nonzero(straddle);  // [m, 2]: (b, t)
+      if (rows.size(0) > 0) {
+        const torch::Tensor b = rows.select(1, 0), t = rows.select(1, 1);
+        torch::Tensor sc = scores.index({b, t}), cut = kth.index({b, t});  // [m, ne], [m, 1]
+        torch::Tensor above = sc > cut, tie = sc == cut;
+        torch::Tensor need = kc - above.sum(-1, /*keepdim=*/true);
+        torch::Tensor chosen = above | (tie & (tie.cumsum(-1) <= need));
+        top = top.index_put({b, t}, torch::nonzero(chosen).select(1, 1).view({rows.size(0), kc}));
+      }
+    }
+    // fewer than kc visible: topk also took invisible (-inf) entries
+    top = top.masked_fill(values.narrow(-1, 0, kc) == kNegInf, -1);
   }
   return kc < k ? torch::constant_pad_nd(top, {0, k - kc}, -1) : top;
 }
@@ -61,7 +77,7 @@ torch::Tensor select_entries(const torch::Tensor& qi,
                              int64_t offset,
                              int64_t rate,
                              const VisibilityFn& visibility) {
-  const int64_t B = qi.size(0), T = qi.size(1), Hi = qi.size(2), nb = keys.size(1);
+  const int64_t T = qi.size(1), Hi = qi.size(2), nb = keys.size(1);
   // ~4M floats of per-head dot products per chunk
   const int64_t rows = std::max<int64_t>(1, (int64_t{1} << 22) / std::max<int64_t>(1, Hi * nb));
   std::vector<torch::Tensor> parts;
@@ -69,11 +85,11 @@ torch::Tensor select_entries(const torch::Tensor& qi,
     const int64_t n = std::min(rows, T - r0);
     // the last query, at position offset + r0 + n - 1, sees entries e with (e + 1) r <= it
     const int64_t seen = std::min(nb, (offset + r0 + n - 1) / rate);
-    torch::Tensor visible = visibility(r0, n, seen);
-    torch::Tensor scores =
-        index_scores(qi.narrow(1, r0, n), wi.narrow(1, r0, n), keys.narrow(1, 0, seen))
-            .masked_fill(visible.logical_not(), -std::numeric_limits<double>::infinity());
-    parts.push_back(top_k_visible(scores, visible, k));
+    torch::Tensor scores = torch::where(
+        visibility(r0, n, seen),
+        index_scores(qi.narrow(1, r0, n), wi.narrow(1, r0, n), keys.narrow(1, 0, seen)),
+        -std::numeric_limits<double>::infinity());
+    parts.push_back(top_k_visible(scores, k));
   }
   return torch::cat(parts, 1);
 }
@@ -233,12 +249,11 @@ CompressedSparseOutput CompressedSparseAttentionImpl::run(const torch::Tensor& x
   }
 
   torch::Tensor index_keys = detail::cache_rows(state, "index_keys", idx_k(pooled));  // [B, nb, di]
-  torch::Tensor visible = visibility(0, T, nb);
   auto qw = indexer_queries();
   torch::Tensor scores =
-      index_scores(qw.first, qw.second, index_keys).masked_fill(visible.logical_not(), neg_inf);
+      torch::where(visibility(0, T, nb), index_scores(qw.first, qw.second, index_keys), neg_inf);
   // selected <- one-hot of the top-k indices; unused slots (-1) land in a dropped column nb
-  torch::Tensor top = top_k_visible(scores.detach(), visible, k);
+  torch::Tensor top = top_k_visible(scores.detach(), k);
   torch::Tensor selected = torch::zeros({B, T, nb + 1}, x.options().dtype(torch::kBool))
                                .scatter_(-1, top.masked_fill(top < 0, nb), true)
                                .narrow(-1, 0, nb);

@@ -427,6 +427,30 @@ TEST(CompressedSparseAttention, FusedPathEqualsMaskedReference) {
   }
 }
 
+// With idx_w = 0 every visible entry scores 0: the selection is the earliest top_k visible
+// entries, on both paths and when decoding.
+TEST(CompressedSparseAttention, TiesGoToTheEarlierEntry) {
+  torch::manual_seed(17);
+  CompressedSparseAttention m(small_options().compression_rate(2).top_k(3));
+  randomize(m);
+  {
+    torch::NoGradGuard no_grad;
+    m->idx_w->weight.zero_();
+  }
+  const int64_t T = 19, r = 2, nb = 10;
+  torch::Tensor x = torch::randn({2, T, 32});
+  CompressedSparseOutput out = m->forward_with_aux_sparse(x);
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t e = 0; e < nb; ++e)
+      EXPECT_EQ(out.selected[1][t][e].item<bool>(), (e + 1) * r <= t && e < 3) << t << " " << e;
+  expect_fused_equals_reference(m, x);
+  torch::NoGradGuard no_grad;
+  DecodeState state = m->init_state(2);
+  std::vector<torch::Tensor> parts;
+  for (int64_t i = 0; i < T; ++i) parts.push_back(m->forward(x.narrow(1, i, 1), state));
+  EXPECT_LT(max_abs_diff(torch::cat(parts, 1), m(x)), 1e-5);
+}
+
 TEST(CompressedSparseAttention, FusedPathRunsBFloat16) {
   torch::manual_seed(12);
   CompressedSparseAttention m(small_options());
