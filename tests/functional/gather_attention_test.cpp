@@ -109,7 +109,6 @@ TEST(GatherAttention, SharedListsEqualListsRepeatedPerHead) {
         EXPECT_TRUE(torch::allclose(a[n], b[n], 1e-5, 1e-5)) << n << " weighted " << weighted;
       }
     }
-    }
   }
 }
 

@@ -47,10 +47,16 @@ static void gather_forward_impl(const GatherParams& p) {
   const int64_t K = p.num_keys, D = p.head_dim, Dv = p.head_dim_v;
   const int64_t d_pad = round_up_lanes(D), dv_pad = round_up_lanes(Dv);
   constexpr float kNegInf = -std::numeric_limits<float>::infinity();
-  // Per-thread scratch: G query rows, G x K scores, G output rows, a block of kLanes key rows
-  // and its transpose, one value row, row max and denominator.
-  const int64_t per_thread =
-      G * d_pad + G * K + G * dv_pad + 2 * Vec::kLanes * d_pad + dv_pad + 2 * G;
+  // fp32 rows with unit stride and whole vectors are read in place; others are widened into
+  // scratch first.
+  const bool k_in_place =
+      p.dtype == FlashDtype::kFloat32 && p.k_stride_d == 1 && D % Vec::kLanes == 0;
+  const bool v_in_place =
+      p.dtype == FlashDtype::kFloat32 && p.v_stride_d == 1 && Dv % Vec::kLanes == 0;
+  // Per-thread scratch: G query rows, G x K scores, G output rows, a block of kLanes key rows,
+  // the accumulator tile and its transpose, one value row, a zero row, row max and denominator.
+  const int64_t per_thread = G * d_pad + G * K + G * dv_pad + Vec::kLanes * d_pad +
+                             2 * Vec::kLanes * Vec::kLanes + dv_pad + d_pad + 2 * G;
   const int num_threads = at::get_num_threads();
   std::vector<float> slab(static_cast<size_t>(per_thread * num_threads));
 
@@ -61,9 +67,11 @@ static void gather_forward_impl(const GatherParams& p) {
     float* o = s + G * K;
     float* kblock = o + G * dv_pad;
     float* kt = kblock + Vec::kLanes * d_pad;
-    float* vrow = kt + Vec::kLanes * d_pad;
-    float* m = vrow + dv_pad;  // [G] row max
-    float* l = m + G;          // [G] row denominator
+    float* vrow = kt + 2 * Vec::kLanes * Vec::kLanes;
+    float* zero_row = vrow + dv_pad;
+    fill_floats(zero_row, zero_row + d_pad, 0.0f);
+    float* m = zero_row + d_pad;  // [G] row max
+    float* l = m + G;             // [G] row denominator
     for (int64_t row = begin; row < end; ++row) {
       const int64_t b = row / (Hkv * Tq), hkv = (row / Tq) % Hkv, i = row % Tq;
       const int64_t* idx = p.indices + p.list_row(row) * K;
@@ -73,31 +81,41 @@ static void gather_forward_impl(const GatherParams& p) {
         load_row(p.q, p.dtype, b * p.q_stride_b + h * p.q_stride_h + i * p.q_stride_t, p.q_stride_d,
                  D, d_pad, qrow + g * d_pad);
       }
-      // s[g, n] = scale * q_g . k[idx_n], kLanes keys at a time: their rows are gathered into a
-      // [kLanes, d_pad] block, transposed to [d_pad, kLanes], and every head's scores come out
-      // as one vector (no horizontal reductions).
+      // s[g, n] = scale * q_g . k[idx_n], kLanes keys at a time: one accumulator vector per key
+      // (D / kLanes FMAs on the key row read in place), then the kLanes accumulators are
+      // transposed and summed so the kLanes scores come out as one vector.
       for (int64_t n0 = 0; n0 < K; n0 += Vec::kLanes) {
         const int64_t nk = std::min<int64_t>(Vec::kLanes, K - n0);
+        const float* rows[Vec::kLanes];
         for (int64_t c = 0; c < Vec::kLanes; ++c) {
           const int64_t n = n0 + c;
-          float* dst = kblock + c * d_pad;
+          rows[c] = zero_row;
           if (c < nk && idx[n] >= 0) {
-            load_row(p.k, p.dtype, b * p.k_stride_b + hkv * p.k_stride_h + idx[n] * p.k_stride_t,
-                     p.k_stride_d, D, d_pad, dst);
-          } else {
-            fill_floats(dst, dst + d_pad, 0.0f);
+            const int64_t off = b * p.k_stride_b + hkv * p.k_stride_h + idx[n] * p.k_stride_t;
+            if (k_in_place) {
+              rows[c] = static_cast<const float*>(p.k) + off;
+            } else {
+              load_row(p.k, p.dtype, off, p.k_stride_d, D, d_pad, kblock + c * d_pad);
+              rows[c] = kblock + c * d_pad;
+            }
           }
-        }
-        for (int64_t d = 0; d < d_pad; d += Vec::kLanes) {
-          Vec::transpose_block(kblock + d, d_pad, kt + d * Vec::kLanes, Vec::kLanes);
         }
         for (int64_t g = 0; g < G; ++g) {
           const float* qg = qrow + g * d_pad;
-          typename Vec::reg acc = Vec::zero();
-          for (int64_t d = 0; d < D; ++d)
-            acc = Vec::fma(Vec::set1(qg[d]), Vec::load(kt + d * Vec::kLanes), acc);
+          typename Vec::reg acc[Vec::kLanes];
+          for (int c = 0; c < Vec::kLanes; ++c) acc[c] = Vec::zero();
+          for (int64_t d = 0; d < d_pad; d += Vec::kLanes) {
+            const typename Vec::reg qv = Vec::load(qg + d);
+            for (int c = 0; c < Vec::kLanes; ++c)
+              acc[c] = Vec::fma(qv, Vec::load(rows[c] + d), acc[c]);
+          }
+          for (int c = 0; c < Vec::kLanes; ++c) Vec::store(kt + c * Vec::kLanes, acc[c]);
+          Vec::transpose_block(kt, Vec::kLanes, kt + Vec::kLanes * Vec::kLanes, Vec::kLanes);
+          typename Vec::reg sum = Vec::zero();
+          for (int c = 0; c < Vec::kLanes; ++c)
+            sum = Vec::add(sum, Vec::load(kt + (Vec::kLanes + c) * Vec::kLanes));
           float tmp[Vec::kLanes];
-          Vec::store(tmp, acc);
+          Vec::store(tmp, sum);
           for (int64_t c = 0; c < nk; ++c) {
             const int64_t n = n0 + c;
             const bool usable = idx[n] >= 0 && (w == nullptr || w[n] > 0.0f);
@@ -137,19 +155,23 @@ static void gather_forward_impl(const GatherParams& p) {
         l[g] = lg;
         fill_floats(o + g * dv_pad, o + (g + 1) * dv_pad, 0.0f);
       }
-      // o[g] += p[g, n] v[idx_n]
+      // o[g] += p[g, n] v[idx_n], value rows read in place (or widened once per key).
       for (int64_t n = 0; n < K; ++n) {
         if (idx[n] < 0) continue;
         bool any = false;
         for (int64_t g = 0; g < G; ++g) any = any || s[g * K + n] != 0.0f;
         if (!any) continue;
-        load_row(p.v, p.dtype, b * p.v_stride_b + hkv * p.v_stride_h + idx[n] * p.v_stride_t,
-                 p.v_stride_d, Dv, dv_pad, vrow);
+        const int64_t off = b * p.v_stride_b + hkv * p.v_stride_h + idx[n] * p.v_stride_t;
+        const float* vr = static_cast<const float*>(p.v) + off;
+        if (!v_in_place) {
+          load_row(p.v, p.dtype, off, p.v_stride_d, Dv, dv_pad, vrow);
+          vr = vrow;
+        }
         for (int64_t g = 0; g < G; ++g) {
           const typename Vec::reg pv = Vec::set1(s[g * K + n]);
           float* og = o + g * dv_pad;
           for (int64_t e = 0; e < dv_pad; e += Vec::kLanes) {
-            Vec::store(og + e, Vec::fma(pv, Vec::load(vrow + e), Vec::load(og + e)));
+            Vec::store(og + e, Vec::fma(pv, Vec::load(vr + e), Vec::load(og + e)));
           }
         }
       }
