@@ -1,8 +1,9 @@
 // SIMD gather-attention forward, written against the vector traits `Vec` of the including ISA
-// translation unit (avx512.cpp / avx2.cpp), inside its namespace. One work item is one query
-// position i of (b, kv head): each listed key row is loaded once and dotted with all G query
-// heads of the group, then its value row is accumulated into all G output rows. A head's sink
-// logit, when given, is folded into its row's max and denominator at the end.
+// translation unit (avx512.cpp / avx2.cpp), inside its namespace. One work item is a block of
+// queries of one (b, kv head); it walks the keys in chunks (online softmax across chunks), and
+// each listed key row is loaded once per query and dotted with all G query heads of the group,
+// then its value row is accumulated into all G output rows. A head's sink logit, when given, is
+// folded into its row's max and denominator at the end.
 
 static inline int64_t round_up_lanes(int64_t n) {
   return (n + Vec::kLanes - 1) / Vec::kLanes * Vec::kLanes;
@@ -42,147 +43,195 @@ static inline float fold_sink(float sink, float& m, float& l) {
   return factor;
 }
 
+// Queries per work item and the least keys per chunk. A work item walks the key axis chunk by
+// chunk and, per chunk, serves every query of the item its listed keys in that chunk: the
+// chunk's K and V rows (512 x (D + Dv) floats = 512 KB at D = Dv = 128) are fetched from memory
+// once and reused from L2 by all the queries that list them, instead of once per query. Short
+// lists get longer chunks (about 2 L keys per query and chunk): a segment has fixed costs.
+constexpr int64_t kQueriesPerItem = 32;
+constexpr int64_t kMinChunkKeys = 512;
+
 static void gather_forward_impl(const GatherParams& p) {
   const int64_t Hq = p.num_heads_q, Hkv = p.num_heads_kv, G = Hq / Hkv, Tq = p.seq_len_q;
   const int64_t K = p.num_keys, D = p.head_dim, Dv = p.head_dim_v;
   const int64_t d_pad = round_up_lanes(D), dv_pad = round_up_lanes(Dv);
+  const int64_t QB = std::min(Tq, kQueriesPerItem);
+  const int64_t num_q_blocks = (Tq + QB - 1) / QB;
   constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+  constexpr int L = Vec::kLanes;
+  const int64_t chunk_keys =
+      std::max(kMinChunkKeys, 2 * L * p.seq_len_kv / std::max<int64_t>(1, K));
+  const int64_t num_chunks = (p.seq_len_kv + chunk_keys - 1) / chunk_keys;
   // fp32 rows with unit stride and whole vectors are read in place; others are widened into
   // scratch first.
-  const bool k_in_place =
-      p.dtype == FlashDtype::kFloat32 && p.k_stride_d == 1 && D % Vec::kLanes == 0;
-  const bool v_in_place =
-      p.dtype == FlashDtype::kFloat32 && p.v_stride_d == 1 && Dv % Vec::kLanes == 0;
-  // Per-thread scratch: G query rows, G x K scores, G output rows, a block of kLanes key rows,
-  // the accumulator tile and its transpose, one value row, a zero row, row max and denominator.
-  const int64_t per_thread = G * d_pad + G * K + G * dv_pad + Vec::kLanes * d_pad +
-                             2 * Vec::kLanes * Vec::kLanes + dv_pad + d_pad + 2 * G;
+  const bool k_in_place = p.dtype == FlashDtype::kFloat32 && p.k_stride_d == 1 && D % L == 0;
+  const bool v_in_place = p.dtype == FlashDtype::kFloat32 && p.v_stride_d == 1 && Dv % L == 0;
+  // Per-thread scratch (floats): the item's query rows and accumulators, row max and denominator,
+  // scores of one segment, a block of L key rows, the L x L accumulator tile and its transpose,
+  // one value row, a zero row, and each query's list bucketed by chunk (keys, weights).
+  const int64_t rows = QB * G;
+  const int64_t f_per_thread = rows * d_pad + rows * dv_pad + 2 * rows + G * (K + L) + L * d_pad +
+                               2 * L * L + dv_pad + d_pad + QB * K + L;
+  const int64_t i_per_thread = QB * K + QB * (num_chunks + 1);
   const int num_threads = at::get_num_threads();
-  std::vector<float> slab(static_cast<size_t>(per_thread * num_threads));
+  std::vector<float> slab(static_cast<size_t>(f_per_thread * num_threads));
+  std::vector<int64_t> islab(static_cast<size_t>(i_per_thread * num_threads));
 
-  // Grain 16 rows: a row is K x (D + Dv) x G FMAs, far above the scheduling cost.
-  at::parallel_for(0, p.batch_size * Hkv * Tq, 16, [&](int64_t begin, int64_t end) {
-    float* qrow = slab.data() + per_thread * at::get_thread_num();
-    float* s = qrow + G * d_pad;
-    float* o = s + G * K;
-    float* kblock = o + G * dv_pad;
-    float* kt = kblock + Vec::kLanes * d_pad;
-    float* vrow = kt + 2 * Vec::kLanes * Vec::kLanes;
+  at::parallel_for(0, p.batch_size * Hkv * num_q_blocks, 1, [&](int64_t begin, int64_t end) {
+    const int tid = at::get_thread_num();
+    float* qrows = slab.data() + f_per_thread * tid;  // [QB, G, d_pad]
+    float* acc = qrows + rows * d_pad;                // [QB, G, dv_pad]
+    float* m = acc + rows * dv_pad;                   // [QB, G]
+    float* l = m + rows;                              // [QB, G]
+    float* s = l + rows;                              // [G, K + L]
+    float* kblock = s + G * (K + L);
+    float* tile = kblock + L * d_pad;
+    float* vrow = tile + 2 * L * L;
     float* zero_row = vrow + dv_pad;
+    float* wsorted = zero_row + d_pad;                     // [QB, K] (+ L: vector tail reads)
+    int64_t* ksorted = islab.data() + i_per_thread * tid;  // [QB, K]
+    int64_t* starts = ksorted + QB * K;                    // [QB, num_chunks + 1]
     fill_floats(zero_row, zero_row + d_pad, 0.0f);
-    float* m = zero_row + d_pad;  // [G] row max
-    float* l = m + G;             // [G] row denominator
-    for (int64_t row = begin; row < end; ++row) {
-      const int64_t b = row / (Hkv * Tq), hkv = (row / Tq) % Hkv, i = row % Tq;
-      const int64_t* idx = p.indices + p.list_row(row) * K;
-      const float* w = p.maybe_weights ? p.maybe_weights + p.list_row(row) * K : nullptr;
-      for (int64_t g = 0; g < G; ++g) {
-        const int64_t h = hkv * G + g;
-        load_row(p.q, p.dtype, b * p.q_stride_b + h * p.q_stride_h + i * p.q_stride_t, p.q_stride_d,
-                 D, d_pad, qrow + g * d_pad);
+
+    for (int64_t item = begin; item < end; ++item) {
+      // Zig-zag over the query blocks of one (b, kv head): contiguous ranges carry equal causal
+      // work.
+      const int64_t bh = item / num_q_blocks, t = item % num_q_blocks;
+      const int64_t qb = (t % 2 == 0) ? t / 2 : num_q_blocks - 1 - t / 2;
+      const int64_t b = bh / Hkv, hkv = bh % Hkv, i0 = qb * QB, nq = std::min(QB, Tq - i0);
+      const int64_t k_base = b * p.k_stride_b + hkv * p.k_stride_h;
+      const int64_t v_base = b * p.v_stride_b + hkv * p.v_stride_h;
+
+      // Per query: q rows, a fresh softmax state, and its usable list entries bucketed by chunk
+      // (a counting sort; order inside a chunk is the list order).
+      for (int64_t qi = 0; qi < nq; ++qi) {
+        const int64_t i = i0 + qi, row = (b * Hkv + hkv) * Tq + i;
+        for (int64_t g = 0; g < G; ++g) {
+          const int64_t h = hkv * G + g;
+          load_row(p.q, p.dtype, b * p.q_stride_b + h * p.q_stride_h + i * p.q_stride_t,
+                   p.q_stride_d, D, d_pad, qrows + (qi * G + g) * d_pad);
+          m[qi * G + g] = kNegInf;
+          l[qi * G + g] = 0.0f;
+        }
+        fill_floats(acc + qi * G * dv_pad, acc + (qi + 1) * G * dv_pad, 0.0f);
+        const int64_t* idx = p.indices + p.list_row(row) * K;
+        const float* w = p.maybe_weights ? p.maybe_weights + p.list_row(row) * K : nullptr;
+        int64_t* st = starts + qi * (num_chunks + 1);
+        std::fill(st, st + num_chunks + 1, int64_t{0});
+        for (int64_t n = 0; n < K; ++n) {
+          if (idx[n] >= 0 && (w == nullptr || w[n] > 0.0f)) ++st[idx[n] / chunk_keys + 1];
+        }
+        for (int64_t c = 0; c < num_chunks; ++c) st[c + 1] += st[c];
+        int64_t* fill = st;  // reuse: st[c] advances while filling, then is restored below
+        for (int64_t n = 0; n < K; ++n) {
+          if (idx[n] < 0 || (w != nullptr && w[n] <= 0.0f)) continue;
+          const int64_t slot = qi * K + fill[idx[n] / chunk_keys]++;
+          ksorted[slot] = idx[n];
+          wsorted[slot] = w ? w[n] : 1.0f;
+        }
+        // fill[c] now holds the end of chunk c = the start of chunk c + 1: shift back.
+        for (int64_t c = num_chunks; c > 0; --c) st[c] = st[c - 1];
+        st[0] = 0;
       }
-      // s[g, n] = scale * q_g . k[idx_n], kLanes keys at a time: one accumulator vector per key
-      // (D / kLanes FMAs on the key row read in place), then the kLanes accumulators are
-      // transposed and summed so the kLanes scores come out as one vector.
-      for (int64_t n0 = 0; n0 < K; n0 += Vec::kLanes) {
-        const int64_t nk = std::min<int64_t>(Vec::kLanes, K - n0);
-        const float* rows[Vec::kLanes];
-        for (int64_t c = 0; c < Vec::kLanes; ++c) {
-          const int64_t n = n0 + c;
-          rows[c] = zero_row;
-          if (c < nk && idx[n] >= 0) {
-            const int64_t off = b * p.k_stride_b + hkv * p.k_stride_h + idx[n] * p.k_stride_t;
-            if (k_in_place) {
-              rows[c] = static_cast<const float*>(p.k) + off;
-            } else {
-              load_row(p.k, p.dtype, off, p.k_stride_d, D, d_pad, kblock + c * d_pad);
-              rows[c] = kblock + c * d_pad;
+
+      for (int64_t chunk = 0; chunk < num_chunks; ++chunk) {
+        for (int64_t qi = 0; qi < nq; ++qi) {
+          const int64_t* st = starts + qi * (num_chunks + 1);
+          const int64_t n_seg = st[chunk + 1] - st[chunk];
+          if (n_seg == 0) continue;
+          const int64_t* keys = ksorted + qi * K + st[chunk];
+          const float* wk = wsorted + qi * K + st[chunk];
+          // s[g, n] = scale * q_g . k[keys_n], L keys at a time: one accumulator vector per key,
+          // reduced for the L keys together by one transpose.
+          for (int64_t n0 = 0; n0 < n_seg; n0 += L) {
+            const int64_t nk = std::min<int64_t>(L, n_seg - n0);
+            const float* krows[L];
+            for (int64_t c = 0; c < L; ++c) {
+              krows[c] = zero_row;
+              if (c >= nk) continue;
+              const int64_t off = k_base + keys[n0 + c] * p.k_stride_t;
+              if (k_in_place) {
+                krows[c] = static_cast<const float*>(p.k) + off;
+              } else {
+                load_row(p.k, p.dtype, off, p.k_stride_d, D, d_pad, kblock + c * d_pad);
+                krows[c] = kblock + c * d_pad;
+              }
+            }
+            for (int64_t g = 0; g < G; ++g) {
+              const float* qg = qrows + (qi * G + g) * d_pad;
+              typename Vec::reg dot[L];
+              for (int c = 0; c < L; ++c) dot[c] = Vec::zero();
+              for (int64_t d = 0; d < d_pad; d += L) {
+                const typename Vec::reg qv = Vec::load(qg + d);
+                for (int c = 0; c < L; ++c) dot[c] = Vec::fma(qv, Vec::load(krows[c] + d), dot[c]);
+              }
+              for (int c = 0; c < L; ++c) Vec::store(tile + c * L, dot[c]);
+              Vec::transpose_block(tile, L, tile + L * L, L);
+              typename Vec::reg sum = Vec::zero();
+              for (int c = 0; c < L; ++c) sum = Vec::add(sum, Vec::load(tile + (L + c) * L));
+              Vec::store(s + g * (K + L) + n0, Vec::mul(sum, Vec::set1(p.scale)));
+            }
+          }
+          // Online softmax over the segment: p_n = w_n exp(s_n - m'), acc <- acc e^(m - m') + p V.
+          for (int64_t g = 0; g < G; ++g) {
+            float* sg = s + g * (K + L);
+            float& mg = m[qi * G + g];
+            float& lg = l[qi * G + g];
+            float mx = kNegInf;
+            for (int64_t n = 0; n < n_seg; ++n) mx = std::max(mx, sg[n]);
+            const float m_new = std::max(mg, mx);
+            const float alpha = mg == kNegInf ? 0.0f : std::exp(mg - m_new);
+            float* ag = acc + (qi * G + g) * dv_pad;
+            if (alpha != 1.0f) {
+              const typename Vec::reg va = Vec::set1(alpha);
+              for (int64_t e = 0; e < dv_pad; e += L)
+                Vec::store(ag + e, Vec::mul(va, Vec::load(ag + e)));
+            }
+            const typename Vec::reg vm = Vec::set1(m_new);
+            typename Vec::reg vsum = Vec::zero();
+            for (int64_t n = 0; n < n_seg; n += L) {
+              typename Vec::reg e =
+                  Vec::mul(Vec::exp(Vec::sub(Vec::load(sg + n), vm)), Vec::load(wk + n));
+              Vec::store(sg + n, e);
+              if (n + L > n_seg) {  // the tail lanes are past the segment: drop them
+                for (int64_t c = n_seg - n; c < L; ++c) sg[n + c] = 0.0f;
+                e = Vec::load(sg + n);
+              }
+              vsum = Vec::add(vsum, e);
+            }
+            lg = lg * alpha + Vec::reduce_add(vsum);
+            mg = m_new;
+          }
+          // acc[g] += p[g, n] v[keys_n]
+          for (int64_t n = 0; n < n_seg; ++n) {
+            const int64_t off = v_base + keys[n] * p.v_stride_t;
+            const float* vr = static_cast<const float*>(p.v) + off;
+            if (!v_in_place) {
+              load_row(p.v, p.dtype, off, p.v_stride_d, Dv, dv_pad, vrow);
+              vr = vrow;
+            }
+            for (int64_t g = 0; g < G; ++g) {
+              const typename Vec::reg pv = Vec::set1(s[g * (K + L) + n]);
+              float* ag = acc + (qi * G + g) * dv_pad;
+              for (int64_t e = 0; e < dv_pad; e += L)
+                Vec::store(ag + e, Vec::fma(pv, Vec::load(vr + e), Vec::load(ag + e)));
             }
           }
         }
+      }
+
+      for (int64_t qi = 0; qi < nq; ++qi) {
         for (int64_t g = 0; g < G; ++g) {
-          const float* qg = qrow + g * d_pad;
-          typename Vec::reg acc[Vec::kLanes];
-          for (int c = 0; c < Vec::kLanes; ++c) acc[c] = Vec::zero();
-          for (int64_t d = 0; d < d_pad; d += Vec::kLanes) {
-            const typename Vec::reg qv = Vec::load(qg + d);
-            for (int c = 0; c < Vec::kLanes; ++c)
-              acc[c] = Vec::fma(qv, Vec::load(rows[c] + d), acc[c]);
-          }
-          for (int c = 0; c < Vec::kLanes; ++c) Vec::store(kt + c * Vec::kLanes, acc[c]);
-          Vec::transpose_block(kt, Vec::kLanes, kt + Vec::kLanes * Vec::kLanes, Vec::kLanes);
-          typename Vec::reg sum = Vec::zero();
-          for (int c = 0; c < Vec::kLanes; ++c)
-            sum = Vec::add(sum, Vec::load(kt + (Vec::kLanes + c) * Vec::kLanes));
-          float tmp[Vec::kLanes];
-          Vec::store(tmp, sum);
-          for (int64_t c = 0; c < nk; ++c) {
-            const int64_t n = n0 + c;
-            const bool usable = idx[n] >= 0 && (w == nullptr || w[n] > 0.0f);
-            s[g * K + n] = usable ? p.scale * tmp[c] : kNegInf;
-          }
+          const int64_t h = hkv * G + g, out_row = (b * Hq + h) * Tq + i0 + qi;
+          float& mg = m[qi * G + g];
+          float& lg = l[qi * G + g];
+          const float factor = p.maybe_sinks ? fold_sink(p.maybe_sinks[h], mg, lg) : 1.0f;
+          const float inv = lg > 0.0f ? factor / lg : 0.0f;
+          const float* ag = acc + (qi * G + g) * dv_pad;
+          for (int64_t e = 0; e < Dv; ++e)
+            flash::store_elem(p.out, p.dtype, out_row * Dv + e, ag[e] * inv);
+          p.lse[out_row] = lg > 0.0f ? mg + std::log(lg) : kNegInf;
         }
-      }
-      // p[g, n] = w_n exp(s - m) (in place), l = sum p
-      for (int64_t g = 0; g < G; ++g) {
-        float* sg = s + g * K;
-        const int64_t k_vec = K / Vec::kLanes * Vec::kLanes;
-        typename Vec::reg vmax = Vec::set1(kNegInf);
-        for (int64_t n = 0; n < k_vec; n += Vec::kLanes) vmax = Vec::max(vmax, Vec::load(sg + n));
-        float mg = Vec::reduce_max(vmax);
-        for (int64_t n = k_vec; n < K; ++n) mg = std::max(mg, sg[n]);
-        float lg = 0.0f;
-        if (mg == kNegInf) {
-          fill_floats(sg, sg + K, 0.0f);
-        } else {
-          // exp(-inf - m) = 0 for unused slots; weights multiply the numerators.
-          const typename Vec::reg vm = Vec::set1(mg);
-          typename Vec::reg vsum = Vec::zero();
-          for (int64_t n = 0; n < k_vec; n += Vec::kLanes) {
-            typename Vec::reg e = Vec::exp(Vec::sub(Vec::load(sg + n), vm));
-            if (w != nullptr) e = Vec::mul(e, Vec::load(w + n));
-            Vec::store(sg + n, e);
-            vsum = Vec::add(vsum, e);
-          }
-          lg = Vec::reduce_add(vsum);
-          for (int64_t n = k_vec; n < K; ++n) {
-            const float pn = sg[n] == kNegInf ? 0.0f : (w ? w[n] : 1.0f) * std::exp(sg[n] - mg);
-            sg[n] = pn;
-            lg += pn;
-          }
-        }
-        m[g] = mg;
-        l[g] = lg;
-        fill_floats(o + g * dv_pad, o + (g + 1) * dv_pad, 0.0f);
-      }
-      // o[g] += p[g, n] v[idx_n], value rows read in place (or widened once per key).
-      for (int64_t n = 0; n < K; ++n) {
-        if (idx[n] < 0) continue;
-        bool any = false;
-        for (int64_t g = 0; g < G; ++g) any = any || s[g * K + n] != 0.0f;
-        if (!any) continue;
-        const int64_t off = b * p.v_stride_b + hkv * p.v_stride_h + idx[n] * p.v_stride_t;
-        const float* vr = static_cast<const float*>(p.v) + off;
-        if (!v_in_place) {
-          load_row(p.v, p.dtype, off, p.v_stride_d, Dv, dv_pad, vrow);
-          vr = vrow;
-        }
-        for (int64_t g = 0; g < G; ++g) {
-          const typename Vec::reg pv = Vec::set1(s[g * K + n]);
-          float* og = o + g * dv_pad;
-          for (int64_t e = 0; e < dv_pad; e += Vec::kLanes) {
-            Vec::store(og + e, Vec::fma(pv, Vec::load(vr + e), Vec::load(og + e)));
-          }
-        }
-      }
-      for (int64_t g = 0; g < G; ++g) {
-        const int64_t h = hkv * G + g, out_row = (b * Hq + h) * Tq + i;
-        const float factor = p.maybe_sinks ? fold_sink(p.maybe_sinks[h], m[g], l[g]) : 1.0f;
-        const float inv = l[g] > 0.0f ? factor / l[g] : 0.0f;
-        for (int64_t e = 0; e < Dv; ++e) {
-          flash::store_elem(p.out, p.dtype, out_row * Dv + e, o[g * dv_pad + e] * inv);
-        }
-        p.lse[out_row] = l[g] > 0.0f ? m[g] + std::log(l[g]) : kNegInf;
       }
     }
   });
