@@ -43,6 +43,22 @@ TEST(IndexTopk, DeepSeekIndexerMatchesReference) {
   }
 }
 
+TEST(IndexTopk, LongListsSelectedByRadixMatchReference) {
+  // top_k >= 128 selects over whole scored rows by radix select: every digit level, masks, and
+  // rows with fewer visible keys than top_k.
+  IndexInputs in = make(1, 2, 300, 2, 16, 420);
+  torch::Tensor mask = torch::rand({300, 420}) < 0.7;
+  for (int64_t top_k : {128, 333}) {
+    expect_matches_reference(in, true, IndexTopkOptions().top_k(top_k).causal(true));
+    expect_matches_reference(in, true, IndexTopkOptions().top_k(top_k).mask(mask));
+  }
+  // Ties across the cut: scores rounded to a coarse grid, so many equal the top_k-th.
+  in.q = in.q.round();
+  in.k = in.k.round();
+  in.w = in.w.abs().round();
+  expect_matches_reference(in, true, IndexTopkOptions().top_k(150).causal(true));
+}
+
 TEST(IndexTopk, BlockSelectionMatchesReference) {
   // MiniMax: groups with one head each, no ReLU, scaled logits, blocks of 4 keys (a partial
   // tail block), fewer queries than keys.

@@ -48,7 +48,7 @@ static inline float fold_sink(float sink, float& m, float& l) {
 // chunk's K and V rows (512 x (D + Dv) floats = 512 KB at D = Dv = 128) are fetched from memory
 // once and reused from L2 by all the queries that list them, instead of once per query. Short
 // lists get longer chunks (about 2 L keys per query and chunk): a segment has fixed costs.
-constexpr int64_t kQueriesPerItem = 32;
+constexpr int64_t kQueriesPerItem = 64;
 constexpr int64_t kMinChunkKeys = 512;
 
 static void gather_forward_impl(const GatherParams& p) {

@@ -16,15 +16,17 @@ constexpr int64_t kRowBlock = 4;
 constexpr int64_t kRowsPerItem = 64;
 static_assert(kTileK % (Vec::kLanes * Vec::kColVecs) == 0, "kTileK must be whole column chunks");
 
-// S[0:4, 0:C*L] <- Q[0:4, 0:D] Kt[0:D, 0:C*L]; Q rows have stride D, Kt and S stride kTileK.
+// S[0:4, 0:C*L] <- Q[0:4, 0:D] Kt[0:D, 0:C*L]; Q rows have stride D, Kt stride ldk, S stride
+// kTileK.
 template <int C>
-static inline void score_micro(const float* q, int64_t head_dim, const float* kt, float* s) {
+static inline void score_micro(
+    const float* q, int64_t head_dim, const float* kt, int64_t ldk, float* s) {
   typename Vec::reg acc[kRowBlock][C];
   for (int r = 0; r < kRowBlock; ++r)
     for (int c = 0; c < C; ++c) acc[r][c] = Vec::zero();
   for (int64_t d = 0; d < head_dim; ++d) {
     typename Vec::reg kv[C];
-    for (int c = 0; c < C; ++c) kv[c] = Vec::load(kt + d * kTileK + c * Vec::kLanes);
+    for (int c = 0; c < C; ++c) kv[c] = Vec::load(kt + d * ldk + c * Vec::kLanes);
     for (int r = 0; r < kRowBlock; ++r) {
       const typename Vec::reg qv = Vec::set1(q[r * head_dim + d]);
       for (int c = 0; c < C; ++c) acc[r][c] = Vec::fma(qv, kv[c], acc[r][c]);
@@ -35,35 +37,50 @@ static inline void score_micro(const float* q, int64_t head_dim, const float* kt
 }
 
 static void index_topk_impl(const IndexTopkParams& p) {
-  const int64_t B = p.batch_size, G = p.num_groups, Tq = p.seq_len_q;
+  const int64_t B = p.batch_size, G = p.num_groups, Tq = p.seq_len_q, Tk = p.seq_len_kv;
   const int64_t Hi = p.num_heads, D = p.head_dim, K = p.top_k;
   const int64_t rows_q = std::max<int64_t>(1, std::min(Tq, kRowsPerItem / Hi));
   const int64_t num_q_blocks = (Tq + rows_q - 1) / rows_q;
   const int64_t rows_pad = (rows_q * Hi + kRowBlock - 1) / kRowBlock * kRowBlock;
   constexpr int64_t kChunk = Vec::kLanes * Vec::kColVecs;
+  // Long lists keep each query's whole scored row and select by radix; short ones stream into a
+  // heap per query.
+  const bool radix = p.block_size == 1 && K >= kRadixMinTopK;
 
-  // Per-thread scratch: packed queries, weights, a key tile, a score tile, the combined row and
-  // one heap per query.
-  const int64_t f_q = rows_pad * D, f_w = rows_q * Hi, f_kt = D * kTileK;
-  const int64_t f_s = rows_pad * kTileK, f_comb = kTileK, f_heap = rows_q * K;
-  const int64_t floats = f_q + f_w + f_kt + f_s + f_comb + f_heap;
+  // K^T of every batch, packed once as fp32 [B, D, tk_pad] (zero columns past Tk): the tiles
+  // below are plain pointers into it.
+  const int64_t tk_pad = (Tk + kTileK - 1) / kTileK * kTileK;
+  std::vector<float> kt_all(static_cast<size_t>(B * D * tk_pad));
+  at::parallel_for(0, B * D, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t bd = begin; bd < end; ++bd) {
+      const int64_t b = bd / D, d = bd % D;
+      float* dst = kt_all.data() + bd * tk_pad;
+      for (int64_t j = 0; j < Tk; ++j)
+        dst[j] = load_value(p.k, p.dtype, b * p.k_stride_b + j * p.k_stride_t + d * p.k_stride_d);
+      std::fill(dst + Tk, dst + tk_pad, 0.0f);
+    }
+  });
+
+  // Per-thread scratch: packed queries, weights, a score tile, the combined row, and per query
+  // either a heap or a whole scored row (+ radix candidates).
+  const int64_t f_q = rows_pad * D, f_w = rows_q * Hi, f_s = rows_pad * kTileK, f_comb = kTileK;
+  const int64_t f_rows = radix ? rows_q * tk_pad + tk_pad : rows_q * K;
+  const int64_t floats = f_q + f_w + f_s + f_comb + f_rows;
   const int num_threads = at::get_num_threads();
   std::vector<float> slab(static_cast<size_t>(floats * num_threads));
-  std::vector<int64_t> units(static_cast<size_t>(f_heap * num_threads));
+  std::vector<int64_t> units(static_cast<size_t>(radix ? 0 : rows_q * K * num_threads));
 
   at::parallel_for(0, B * G * num_q_blocks, 1, [&](int64_t begin, int64_t end) {
     const int tid = at::get_thread_num();
     float* qs = slab.data() + floats * tid;
     float* wr = qs + f_q;
-    float* kt = wr + f_w;
-    float* s = kt + f_kt;
+    float* s = wr + f_w;
     float* comb = s + f_s;
-    float* heap_scores = comb + f_comb;
-    int64_t* heap_units = units.data() + f_heap * tid;
-    std::vector<RowTopK> heaps(static_cast<size_t>(rows_q));
-    for (int64_t ii = 0; ii < rows_q; ++ii) {
-      heaps[ii].score = heap_scores + ii * K;
-      heaps[ii].unit = heap_units + ii * K;
+    float* rows_or_heaps = comb + f_comb;
+    std::vector<RowTopK> heaps(static_cast<size_t>(radix ? 0 : rows_q));
+    for (size_t ii = 0; ii < heaps.size(); ++ii) {
+      heaps[ii].score = rows_or_heaps + ii * K;
+      heaps[ii].unit = units.data() + (tid * rows_q + ii) * K;
       heaps[ii].cap = K;
     }
 
@@ -75,7 +92,7 @@ static void index_topk_impl(const IndexTopkParams& p) {
       const int64_t i0 = qb * rows_q, nq = std::min(rows_q, Tq - i0), rows = nq * Hi;
 
       for (int64_t ii = 0; ii < nq; ++ii) {
-        heaps[ii].reset();
+        if (!radix) heaps[ii].reset();
         for (int64_t h = 0; h < Hi; ++h) {
           const int64_t off =
               b * p.q_stride_b + g * p.q_stride_g + (i0 + ii) * p.q_stride_t + h * p.q_stride_h;
@@ -90,24 +107,20 @@ static void index_topk_impl(const IndexTopkParams& p) {
       }
       std::fill(qs + rows * D, qs + rows_pad * D, 0.0f);
 
+      const float* kt_b = kt_all.data() + b * D * tk_pad;
       const int64_t hi = causal_limit(p, i0 + nq - 1);
       for (int64_t j0 = 0; j0 < hi; j0 += kTileK) {
         const int64_t width = std::min(kTileK, hi - j0);
-        // Kt[d, c] = k[b, j0 + c, d]; columns past width are zero.
-        for (int64_t c = 0; c < kTileK; ++c) {
-          const int64_t off = b * p.k_stride_b + (j0 + c) * p.k_stride_t;
-          for (int64_t d = 0; d < D; ++d)
-            kt[d * kTileK + c] =
-                c < width ? load_value(p.k, p.dtype, off + d * p.k_stride_d) : 0.0f;
-        }
         for (int64_t r = 0; r < rows_pad; r += kRowBlock) {
           for (int64_t c0 = 0; c0 < kTileK; c0 += kChunk)
-            score_micro<Vec::kColVecs>(qs + r * D, D, kt + c0, s + r * kTileK + c0);
+            score_micro<Vec::kColVecs>(qs + r * D, D, kt_b + j0 + c0, tk_pad, s + r * kTileK + c0);
         }
         for (int64_t ii = 0; ii < nq; ++ii) {
           const int64_t i = i0 + ii;
           const int64_t n = std::min(width, causal_limit(p, i) - j0);
           if (n <= 0) continue;
+          float* out = radix ? rows_or_heaps + ii * tk_pad + j0 : comb;
+          typename Vec::reg tile_max = Vec::set1(kNegInf);
           for (int64_t c = 0; c < kTileK; c += Vec::kLanes) {
             typename Vec::reg acc = Vec::zero();
             for (int64_t h = 0; h < Hi; ++h) {
@@ -115,19 +128,31 @@ static void index_topk_impl(const IndexTopkParams& p) {
               if (p.relu) x = Vec::max(x, Vec::zero());
               acc = Vec::fma(Vec::set1(wr[ii * Hi + h]), x, acc);
             }
-            Vec::store(comb + c, acc);
+            Vec::store(out + c, acc);
+            tile_max = Vec::max(tile_max, acc);
           }
+          // A whole tile at or below the heap's threshold cannot enter (the common case once
+          // the heap is full): skip the per-key scan. Masked keys only lower the scores.
+          if (!radix && n == kTileK && Vec::reduce_max(tile_max) <= heaps[ii].threshold() &&
+              p.block_size == 1)
+            continue;
           if (p.maybe_keep != nullptr) {
             const uint8_t* keep = p.maybe_keep + b * p.keep_stride_b + i * p.keep_stride_q;
             for (int64_t c = 0; c < n; ++c) {
-              if (keep[(j0 + c) * p.keep_stride_k] == 0) comb[c] = kNegInf;
+              if (keep[(j0 + c) * p.keep_stride_k] == 0) out[c] = kNegInf;
             }
           }
-          heaps[ii].offer(comb, n, j0, p.block_size);
+          if (!radix) heaps[ii].offer(comb, n, j0, p.block_size);
         }
       }
       for (int64_t ii = 0; ii < nq; ++ii) {
-        heaps[ii].write(p.out + ((b * G + g) * Tq + i0 + ii) * K, K);
+        int64_t* out = p.out + ((b * G + g) * Tq + i0 + ii) * K;
+        if (radix) {
+          radix_top_k(rows_or_heaps + ii * tk_pad, causal_limit(p, i0 + ii), K, K,
+                      reinterpret_cast<uint32_t*>(rows_or_heaps + rows_q * tk_pad), out);
+        } else {
+          heaps[ii].write(out, K);
+        }
       }
     }
   });

@@ -18,6 +18,7 @@ void index_topk_reference(const IndexTopkParams& p) {
   at::parallel_for(0, p.batch_size * G * Tq, 16, [&](int64_t begin, int64_t end) {
     std::vector<float> scores(static_cast<size_t>(p.seq_len_kv)), heap_scores(K);
     std::vector<int64_t> heap_units(K);
+    std::vector<uint32_t> candidates(static_cast<size_t>(p.seq_len_kv));
     RowTopK heap;
     heap.score = heap_scores.data(), heap.unit = heap_units.data(), heap.cap = K;
     for (int64_t row = begin; row < end; ++row) {
@@ -45,9 +46,13 @@ void index_topk_reference(const IndexTopkParams& p) {
             p.maybe_keep[b * p.keep_stride_b + i * p.keep_stride_q + j * p.keep_stride_k] != 0;
         scores[j] = keep ? total : kNegInf;
       }
-      heap.reset();
-      heap.offer(scores.data(), hi, 0, p.block_size);
-      heap.write(p.out + row * K, K);
+      if (p.block_size == 1 && K >= kRadixMinTopK) {
+        radix_top_k(scores.data(), hi, K, K, candidates.data(), p.out + row * K);
+      } else {
+        heap.reset();
+        heap.offer(scores.data(), hi, 0, p.block_size);
+        heap.write(p.out + row * K, K);
+      }
     }
   });
 }

@@ -106,6 +106,69 @@ struct RowTopK {
   }
 };
 
+// Order-preserving map of a float to uint32 (larger float, larger key; -0 below +0).
+static inline uint32_t radix_key(float x) {
+  uint32_t bits;
+  std::memcpy(&bits, &x, sizeof(bits));
+  return (bits & 0x80000000u) ? ~bits : (bits | 0x80000000u);
+}
+
+// The top K of s[0:n] by radix select, for long lists (K in the hundreds and more), where a heap
+// would pay log K per entering key: a histogram of the top 11 key bits finds the bin holding the
+// K-th largest score, two more digits over that bin's entries alone pin its exact key, and one
+// last scan keeps everything above it plus the earliest entries equal to it (the tie rule of
+// RowTopK). -inf and NaN are never kept. out[0:cap_out] <- kept positions ascending, then -1.
+// `cand` is scratch for n uint32 pairs.
+static void radix_top_k(
+    const float* s, int64_t n, int64_t K, int64_t cap_out, uint32_t* cand, int64_t* out) {
+  int64_t eligible = 0;
+  for (int64_t j = 0; j < n; ++j) eligible += s[j] > kNegInf;  // false for NaN
+  int64_t taken = 0;
+  if (eligible <= K) {
+    for (int64_t j = 0; j < n; ++j)
+      if (s[j] > kNegInf) out[taken++] = j;
+    std::fill(out + taken, out + cap_out, int64_t{-1});
+    return;
+  }
+  // Digits of 11, 11 and 10 bits, most significant first. `prefix` holds the digits found.
+  uint32_t prefix = 0;
+  int64_t need = K;  // how many of the entries matching `prefix` are still to keep
+  int64_t m = 0;     // candidates (keys matching the prefix so far), in cand[0:m]
+  for (int64_t j = 0; j < n; ++j)
+    if (s[j] > kNegInf) cand[m++] = radix_key(s[j]);
+  const int shifts[3] = {21, 10, 0};
+  const int widths[3] = {11, 11, 10};
+  for (int level = 0; level < 3; ++level) {
+    const int shift = shifts[level];
+    const uint32_t mask = (1u << widths[level]) - 1;
+    int64_t hist[2048] = {0};
+    for (int64_t c = 0; c < m; ++c) ++hist[(cand[c] >> shift) & mask];
+    int64_t above = 0;
+    uint32_t digit = mask;
+    for (;; --digit) {
+      if (above + hist[digit] >= need) break;
+      above += hist[digit];
+    }
+    need -= above;
+    prefix |= digit << shift;
+    int64_t kept = 0;
+    for (int64_t c = 0; c < m; ++c)
+      if (((cand[c] >> shift) & mask) == digit) cand[kept++] = cand[c];
+    m = kept;
+  }
+  // prefix is the key of the K-th largest; keep `need` of the entries equal to it, earliest first.
+  for (int64_t j = 0; j < n; ++j) {
+    if (!(s[j] > kNegInf)) continue;
+    const uint32_t key = radix_key(s[j]);
+    if (key > prefix || (key == prefix && need-- > 0)) out[taken++] = j;
+  }
+  std::fill(out + taken, out + cap_out, int64_t{-1});
+}
+
+// Lists at least this long are selected by radix_top_k over a whole scored row; shorter ones by
+// the streaming heap.
+constexpr int64_t kRadixMinTopK = 128;
+
 // Keys [0, hi) of row i may be scored under the causal rule.
 static inline int64_t causal_limit(const IndexTopkParams& p, int64_t i) {
   if (!p.causal) return p.seq_len_kv;
