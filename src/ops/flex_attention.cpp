@@ -19,19 +19,6 @@ DotProductAttentionOptions as_dpa(const FlexAttentionOptions& o) {
   return d;
 }
 
-// The type-erased functors the kernel calls; context points at the options.
-bool call_mask(const void* ctx, int64_t b, int64_t h, int64_t q_idx, int64_t kv_idx) {
-  const auto* o = static_cast<const FlexAttentionOptions*>(ctx);
-  const functional::MaskMod& fn =
-      o->block_mask() && o->block_mask()->mask_mod ? o->block_mask()->mask_mod : o->mask_mod();
-  return fn(b, h, q_idx, kv_idx);
-}
-
-float call_score(
-    const void* ctx, float score, int64_t b, int64_t h, int64_t q_idx, int64_t kv_idx) {
-  return static_cast<const FlexAttentionOptions*>(ctx)->score_mod()(score, b, h, q_idx, kv_idx);
-}
-
 // t viewed as [B, Hq, Tq, Tk] with stride 0 on broadcast dims.
 torch::Tensor expand4(const torch::Tensor& t, int64_t B, int64_t H, int64_t Tq, int64_t Tk) {
   torch::Tensor x = t;
@@ -131,13 +118,13 @@ Prepared prepare(const torch::Tensor& q,
     p.block_k = bm.block_k;
     p.num_kv_blocks = bm.kv_indices.size(3);
   }
-  const bool has_mask_fn =
-      (o.block_mask() && o.block_mask()->mask_mod) || static_cast<bool>(o.mask_mod());
-  if (has_mask_fn || o.score_mod()) {
-    p.functor_context = &o;
-    if (has_mask_fn) p.maybe_mask_fn = &call_mask;
-    if (o.score_mod()) p.maybe_score_fn = &call_score;
-  }
+  // The functors live in `o`, which outlives the kernel call.
+  const functional::Mask& mask =
+      o.block_mask() && o.block_mask()->mask_mod ? o.block_mask()->mask_mod : o.mask_mod();
+  p.maybe_mask_row = mask.row;
+  p.mask_functor = mask.functor.get();
+  p.maybe_score_row = o.score_mod().row;
+  p.score_functor = o.score_mod().functor.get();
   return prep;
 }
 

@@ -7,7 +7,7 @@
 // (r = g * rows_q + ii), so every K/V tile is loaded and packed once for all G heads. For each
 // visited kv tile:
 //   S  <- (scale Q) Kt                 [rows, Bk]   register-blocked 4 x (C vectors) micro-kernel
-//   S  <- softcap, ALiBi, bias, score_fn, masks (only where needed)
+//   S  <- softcap, ALiBi, bias, score functor, masks (only where needed; functors per row segment)
 //   m' <- max(m, rowmax S);  P <- exp(S - m');  l <- l exp(m - m') + rowsum P;  O <- O exp(m - m')
 //   O  <- O + P V                      [rows, Dv]   register-blocked 4 x (C vectors) micro-kernel
 // and at the end out <- O / l (sinks folded into m and l first), lse <- m + log l.
@@ -257,7 +257,7 @@ static void forward_impl(const FlashParams& p) {
   const int64_t rows_pad = round_up(G * rows_q, kRowBlock);
   const int64_t num_kv_blocks = p.has_block_mask() ? p.num_kv_blocks : 0;
   const bool element_mods = has_element_mods(p);
-  const bool use_mask_fn = p.maybe_mask_fn != nullptr;
+  const bool use_mask_row = p.maybe_mask_row != nullptr;
 
   // Scratch: one padded slab per thread (64-byte aligned pieces).
   auto pad16 = [](int64_t n) { return round_up(n, 16); };
@@ -372,9 +372,9 @@ static void forward_impl(const FlashParams& p) {
         for (int64_t r = 0; r < rows; ++r) {
           const int64_t g = r / nq, i = i0 + r % nq, h = hkv * G + g;
           float* s = sc.s + r * kBlockK;
-          // Without a block mask a run-time mask_fn makes every tile partial.
+          // Without a block mask a mask functor makes every tile partial.
           const uint8_t mode = kb >= 0 ? sc.modes[g * num_kv_blocks + kb]
-                                       : (use_mask_fn ? uint8_t{kPartial} : uint8_t{kFull});
+                                       : (use_mask_row ? uint8_t{kPartial} : uint8_t{kFull});
           if (mode == kSkip) {
             for (int64_t c = 0; c < width_pad; ++c) s[c] = 0.0f;
             continue;
@@ -385,21 +385,9 @@ static void forward_impl(const FlashParams& p) {
               Vec::store(s + c, Vec::mul(cap, Vec::tanh(Vec::mul(Vec::load(s + c), inv))));
             }
           }
-          const bool partial = mode == kPartial && use_mask_fn;
-          if (edge && !element_mods && !partial) {
-            // Causal / window edge only: the visible keys are one interval, clip it.
-            const KeyRange kr = key_range(p, i);
-            const int64_t c_lo = std::min(width, std::max<int64_t>(0, kr.lo - j0));
-            const int64_t c_hi = std::max(c_lo, std::min(width, kr.hi - j0));
-            fill_floats(s, s + c_lo, kNegInf);
-            fill_floats(s + c_hi, s + width, kNegInf);
-          } else if (edge || element_mods || partial) {
-            const KeyRange kr = key_range(p, i);
-            for (int64_t c = 0; c < width; ++c) {
-              const int64_t j = j0 + c;
-              s[c] =
-                  (j < kr.lo || j >= kr.hi) ? kNegInf : modify_logit(p, s[c], b, h, i, j, partial);
-            }
+          const bool partial = mode == kPartial && use_mask_row;
+          if (edge || element_mods || partial) {
+            modify_row(p, b, h, i, j0, width, key_range(p, i), partial, s);
           }
           for (int64_t c = width; c < width_pad; ++c) s[c] = kNegInf;
           sc.state[r].merge(s, width_pad, sc.o + r * dv_pad, dv_pad);
