@@ -1,11 +1,17 @@
+// flex_attention: masks and block masks, the composed reference, and the autograd Function
+// over the fused kernels (ops/flex_attention.h).
+
 #include <attnkit/functional/flex_attention.h>
 
 #include "ops/flex_attention.h"
 
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
+#include <vector>
 
 namespace attnkit {
 namespace functional {
@@ -68,10 +74,63 @@ Mask document_mask(const torch::Tensor& document_ids) {
   return m;
 }
 
+namespace {
+
+// The two operands of and_masks / or_masks, the functor of their row hooks.
+struct MaskPair {
+  Mask a, b;
+};
+
+// A row hook of `m` that does nothing for an empty mask.
+void apply_row(const Mask& m, int64_t b, int64_t h, int64_t q, int64_t k0, int64_t n, float* s) {
+  if (m.row != nullptr) m.row(m.functor.get(), b, h, q, k0, n, s);
+}
+
+// and: each operand writes -inf over the keys it hides.
+void and_row(const void* f, int64_t b, int64_t h, int64_t q, int64_t k0, int64_t n, float* s) {
+  const auto& pair = *static_cast<const MaskPair*>(f);
+  apply_row(pair.a, b, h, q, k0, n, s);
+  apply_row(pair.b, b, h, q, k0, n, s);
+}
+
+// or: a key is hidden when both operands hide it; chunks of 64 keys through two zero rows.
+void or_row(const void* f, int64_t b, int64_t h, int64_t q, int64_t k0, int64_t n, float* s) {
+  const auto& pair = *static_cast<const MaskPair*>(f);
+  constexpr int64_t kChunk = 64;
+  float xa[kChunk], xb[kChunk];
+  for (int64_t c0 = 0; c0 < n; c0 += kChunk) {
+    const int64_t m = std::min(kChunk, n - c0);
+    std::fill(xa, xa + m, 0.0f);
+    std::fill(xb, xb + m, 0.0f);
+    apply_row(pair.a, b, h, q, k0 + c0, m, xa);
+    apply_row(pair.b, b, h, q, k0 + c0, m, xb);
+    for (int64_t c = 0; c < m; ++c) {
+      if (xa[c] == -std::numeric_limits<float>::infinity() &&
+          xb[c] == -std::numeric_limits<float>::infinity())
+        s[c0 + c] = -std::numeric_limits<float>::infinity();
+    }
+  }
+}
+
+// The combination of a and b by `keep` (element predicates) and `row` (row hooks).
+template <class Keep>
+Mask combine_masks(const Mask& a, const Mask& b, Keep keep, RowHook row) {
+  TORCH_CHECK(a && b, "and_masks/or_masks: expected two non-empty masks, got ",
+              a ? "a non-empty" : "an empty", " and ", b ? "a non-empty" : "an empty", " mask");
+  Mask m;
+  m.fn = [fa = a.fn, fb = b.fn, keep](int64_t bb, int64_t h, int64_t q, int64_t kv) {
+    return keep(fa(bb, h, q, kv), fb(bb, h, q, kv));
+  };
+  m.row = row;
+  m.functor = std::make_shared<const MaskPair>(MaskPair{a, b});
+  return m;
+}
+
+}  // namespace
+
 Mask and_masks(const Mask& a, const Mask& b) {
-  Mask m([fa = a.fn, fb = b.fn](int64_t bb, int64_t h, int64_t q, int64_t kv) {
-    return fa(bb, h, q, kv) && fb(bb, h, q, kv);
-  });
+  Mask m = combine_masks(
+      a, b, [](bool x, bool y) { return x && y; }, &and_row);
   if (a.classify && b.classify) {
     m.classify = [ca = a.classify, cb = b.classify](int64_t bb, int64_t h, int64_t q0, int64_t q1,
                                                     int64_t k0, int64_t k1) {
@@ -85,9 +144,8 @@ Mask and_masks(const Mask& a, const Mask& b) {
 }
 
 Mask or_masks(const Mask& a, const Mask& b) {
-  Mask m([fa = a.fn, fb = b.fn](int64_t bb, int64_t h, int64_t q, int64_t kv) {
-    return fa(bb, h, q, kv) || fb(bb, h, q, kv);
-  });
+  Mask m = combine_masks(
+      a, b, [](bool x, bool y) { return x || y; }, &or_row);
   if (a.classify && b.classify) {
     m.classify = [ca = a.classify, cb = b.classify](int64_t bb, int64_t h, int64_t q0, int64_t q1,
                                                     int64_t k0, int64_t k1) {
@@ -102,6 +160,31 @@ Mask or_masks(const Mask& a, const Mask& b) {
 
 // --- block masks -------------------------------------------------------------------------------
 
+namespace {
+
+// Kind of the block [q0, q1) x [k0, k1) from the mask's row hook, one query row at a time
+// (stops as soon as the block is known to be partial); row is scratch of k1 - k0 floats.
+BlockKind classify_by_rows(const Mask& mask,
+                           int64_t b,
+                           int64_t h,
+                           int64_t q0,
+                           int64_t q1,
+                           int64_t k0,
+                           int64_t k1,
+                           float* row) {
+  int64_t visible = 0;
+  for (int64_t q = q0; q < q1; ++q) {
+    std::fill(row, row + (k1 - k0), 0.0f);
+    mask.row(mask.functor.get(), b, h, q, k0, k1 - k0, row);
+    for (int64_t c = 0; c < k1 - k0; ++c) visible += row[c] == 0.0f;
+    const int64_t seen = (q - q0 + 1) * (k1 - k0);
+    if (visible > 0 && visible < seen) return BlockKind::kPartial;
+  }
+  return visible == 0 ? BlockKind::kEmpty : BlockKind::kFull;
+}
+
+}  // namespace
+
 BlockMask create_block_mask(const Mask& mask,
                             int64_t B,
                             int64_t H,
@@ -109,7 +192,7 @@ BlockMask create_block_mask(const Mask& mask,
                             int64_t seq_len_kv,
                             int64_t block_q,
                             int64_t block_k) {
-  TORCH_CHECK(static_cast<bool>(mask.fn), "create_block_mask: expected a mask predicate, got none");
+  TORCH_CHECK(static_cast<bool>(mask), "create_block_mask: expected a mask predicate, got none");
   TORCH_CHECK(B > 0 && H > 0, "create_block_mask: expected B > 0 and H > 0, got ", B, " and ", H);
   TORCH_CHECK(seq_len_q >= 0 && seq_len_kv >= 0,
               "create_block_mask: expected non-negative lengths, got ", seq_len_q, " and ",
@@ -129,6 +212,7 @@ BlockMask create_block_mask(const Mask& mask,
   auto i_part = bm.kv_indices.accessor<int32_t, 4>();
   auto n_full = bm.full_kv_num_blocks.accessor<int32_t, 3>();
   auto i_full = bm.full_kv_indices.accessor<int32_t, 4>();
+  std::vector<float> row(static_cast<size_t>(block_k));
   for (int64_t b = 0; b < B; ++b) {
     for (int64_t h = 0; h < H; ++h) {
       for (int64_t qb = 0; qb < nqb; ++qb) {
@@ -139,16 +223,7 @@ BlockMask create_block_mask(const Mask& mask,
           if (mask.classify) {
             kind = mask.classify(b, h, q0, q1, k0, k1);
           } else {
-            bool any = false, all = true;
-            for (int64_t q = q0; q < q1 && (all || !any); ++q) {
-              for (int64_t kv = k0; kv < k1; ++kv) {
-                const bool visible = mask.fn(b, h, q, kv);
-                any = any || visible;
-                all = all && visible;
-                if (any && !all) break;
-              }
-            }
-            kind = !any ? BlockKind::kEmpty : all ? BlockKind::kFull : BlockKind::kPartial;
+            kind = classify_by_rows(mask, b, h, q0, q1, k0, k1, row.data());
           }
           if (kind == BlockKind::kPartial) i_part[b][h][qb][n_part[b][h][qb]++] = kb;
           if (kind == BlockKind::kFull) i_full[b][h][qb][n_full[b][h][qb]++] = kb;
@@ -156,7 +231,7 @@ BlockMask create_block_mask(const Mask& mask,
       }
     }
   }
-  bm.mask_mod = mask.fn;
+  bm.mask_mod = mask;
   bm.block_q = block_q;
   bm.block_k = block_k;
   bm.seq_len_q = seq_len_q;
@@ -239,7 +314,7 @@ torch::Tensor block_mask_keep(const BlockMask& bm) {
     for (int64_t h = 0; h < kinds.size(1); ++h)
       for (int64_t q = 0; q < kinds.size(2); ++q)
         for (int64_t kv = 0; kv < kinds.size(3); ++kv)
-          if (kind[b][h][q][kv] == 1) out[b][h][q][kv] = bm.mask_mod(b, h, q, kv);
+          if (kind[b][h][q][kv] == 1) out[b][h][q][kv] = bm.mask_mod.fn(b, h, q, kv);
   return keep;
 }
 
@@ -286,7 +361,8 @@ FlexAttentionResult flex_attention_reference(const torch::Tensor& q,
     for (int64_t b = 0; b < B; ++b)
       for (int64_t h = 0; h < Hq; ++h)
         for (int64_t i = 0; i < Tq; ++i)
-          for (int64_t j = 0; j < Tk; ++j) a[b][h][i][j] = o.score_mod()(a[b][h][i][j], b, h, i, j);
+          for (int64_t j = 0; j < Tk; ++j)
+            a[b][h][i][j] = o.score_mod().fn(a[b][h][i][j], b, h, i, j);
     logits = logits + (s.to(compute) - logits.detach());
   }
 
@@ -296,7 +372,7 @@ FlexAttentionResult flex_attention_reference(const torch::Tensor& q,
   auto combine = [&](const torch::Tensor& m) { keep = keep.defined() ? keep & m : m; };
   if (o.mask().defined()) combine(o.mask());
   if (o.block_mask()) combine(block_mask_keep(*o.block_mask()));
-  if (o.mask_mod()) combine(element_keep(o.mask_mod(), B, Hq, Tq, Tk));
+  if (o.mask_mod()) combine(element_keep(o.mask_mod().fn, B, Hq, Tq, Tk));
   if (keep.defined()) logits = logits.masked_fill(keep.logical_not(), neg_inf);
 
   torch::Tensor row_max = std::get<0>(logits.detach().max(-1, /*keepdim=*/true));

@@ -101,6 +101,100 @@ TEST(FlexAttention, ScoreModAndMaskMod) {
   expect_matches_reference(in.q, in.k, in.v, o);
 }
 
+// --- template functors (inlined row hooks) against std::function and the reference -------------
+
+// A mask and a score modifier as plain lambdas (inlined) and as std::functions (type-erased).
+struct FunctorPair {
+  Mask mask_inlined, mask_erased;
+  ScoreModFn score_inlined, score_erased;
+};
+
+FunctorPair test_functors() {
+  auto mask = [](int64_t b, int64_t h, int64_t q, int64_t kv) {
+    return kv <= q + 3 && (q + 2 * kv + h + b) % 5 != 0 && q != 11;  // row 11 fully masked
+  };
+  auto score = [](float s, int64_t, int64_t h, int64_t q, int64_t kv) {
+    return s + 0.2f * static_cast<float>(h) - 0.02f * static_cast<float>(q - kv);
+  };
+  return {mask_fn(mask), Mask(MaskMod(mask)), score_fn(score), ScoreModFn(ScoreMod(score))};
+}
+
+// Output and q, k, v gradients of flex_attention with `o` (fused, or the reference in float64).
+std::vector<torch::Tensor> forward_backward(const Inputs& in,
+                                            const torch::Tensor& dout,
+                                            const FlexAttentionOptions& o,
+                                            bool fused) {
+  auto dt = fused ? torch::kFloat : torch::kDouble;
+  torch::Tensor q = in.q.to(dt).detach().requires_grad_(true);
+  torch::Tensor k = in.k.to(dt).detach().requires_grad_(true);
+  torch::Tensor v = in.v.to(dt).detach().requires_grad_(true);
+  torch::Tensor out =
+      fused ? flex_attention(q, k, v, o).output : flex_attention_reference(q, k, v, o).output;
+  (out.to(torch::kDouble) * dout).sum().backward();
+  return {out.detach(), q.grad(), k.grad(), v.grad()};
+}
+
+TEST(FlexAttention, TemplateFunctorsEqualStdFunctionsAndTheReference) {
+  Inputs in = random_inputs(2, 4, 2, 70, 90, 32, 24);
+  torch::Tensor dout = torch::randn({2, 4, 70, 24}, torch::kDouble);
+  FunctorPair f = test_functors();
+  const std::vector<std::pair<FlexAttentionOptions, FlexAttentionOptions>> cases = {
+      {FlexAttentionOptions().mask_mod(f.mask_inlined),
+       FlexAttentionOptions().mask_mod(f.mask_erased)},
+      {FlexAttentionOptions().score_mod(f.score_inlined).causal(true),
+       FlexAttentionOptions().score_mod(f.score_erased).causal(true)},
+      {FlexAttentionOptions().mask_mod(f.mask_inlined).score_mod(f.score_inlined),
+       FlexAttentionOptions().mask_mod(f.mask_erased).score_mod(f.score_erased)}};
+  for (size_t n = 0; n < cases.size(); ++n) {
+    SCOPED_TRACE(n);
+    const std::vector<torch::Tensor> expected =
+        forward_backward(in, dout, cases[n].first, /*fused=*/false);
+    for (const char* isa : testing::isa_paths()) {
+      SCOPED_TRACE(isa);
+      EnvGuard guard("ATTNKIT_CPU_CAPABILITY", isa);
+      const std::vector<torch::Tensor> inlined = forward_backward(in, dout, cases[n].first, true);
+      const std::vector<torch::Tensor> erased = forward_backward(in, dout, cases[n].second, true);
+      for (size_t t = 0; t < inlined.size(); ++t) {
+        SCOPED_TRACE(t);  // 0 output, 1 dq, 2 dk, 3 dv
+        EXPECT_TRUE(torch::equal(inlined[t], erased[t]));
+        EXPECT_TRUE(torch::allclose(inlined[t].to(torch::kDouble), expected[t], 1e-4, 1e-4))
+            << "max abs diff "
+            << (inlined[t].to(torch::kDouble) - expected[t]).abs().max().item<double>();
+      }
+      if (n != 1) {  // the mask hides row 11 entirely: zeros, not NaN
+        EXPECT_EQ(inlined[0].slice(2, 11, 12).abs().max().item<float>(), 0.0f);
+      }
+    }
+  }
+}
+
+TEST(FlexAttention, BlockMasksFromTemplateMasks) {
+  const int64_t Tq = 150, Tk = 190;
+  Inputs in = random_inputs(1, 4, 2, Tq, Tk, 32, 32);
+  FunctorPair f = test_functors();
+  BlockMask inlined = create_block_mask(f.mask_inlined, 1, 4, Tq, Tk, 32, 32);
+  BlockMask erased = create_block_mask(f.mask_erased, 1, 4, Tq, Tk, 32, 32);
+  EXPECT_TRUE(torch::equal(inlined.to_dense(), erased.to_dense()));
+  EXPECT_GT((inlined.to_dense() == 0).sum().item<int64_t>(), 0);  // some blocks are skipped
+  // A template predicate combined with a classified helper, against element-wise creation.
+  Mask docs_causal =
+      and_masks(causal_mask(Tk - Tq),
+                mask_fn([](int64_t, int64_t, int64_t q, int64_t kv) { return q / 40 == kv / 50; }));
+  BlockMask combined = create_block_mask(docs_causal, 1, 1, Tq, Tk, 32, 32);
+  BlockMask slow = create_block_mask(Mask(docs_causal.fn), 1, 1, Tq, Tk, 32, 32);
+  EXPECT_TRUE(torch::equal(combined.to_dense(), slow.to_dense()));
+  for (const BlockMask* bm : {&inlined, &combined}) {
+    expect_matches_reference(in.q, in.k, in.v, FlexAttentionOptions().block_mask(*bm));
+  }
+  torch::Tensor dout = torch::randn({1, 4, Tq, 32}, torch::kDouble);
+  auto o = FlexAttentionOptions().block_mask(inlined).score_mod(f.score_inlined);
+  const std::vector<torch::Tensor> expected = forward_backward(in, dout, o, /*fused=*/false);
+  const std::vector<torch::Tensor> got = forward_backward(in, dout, o, /*fused=*/true);
+  for (size_t t = 0; t < got.size(); ++t) {
+    EXPECT_TRUE(torch::allclose(got[t].to(torch::kDouble), expected[t], 1e-4, 1e-4)) << t;
+  }
+}
+
 TEST(FlexAttention, BlockMaskHelpersMatchElementwiseCreation) {
   const int64_t T = 300;
   torch::Tensor docs = torch::cat({torch::zeros({70}), torch::ones({100}), torch::full({130}, 2)});

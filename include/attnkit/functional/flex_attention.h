@@ -8,6 +8,10 @@
 #include <torch/types.h>
 
 #include <functional>
+#include <limits>
+#include <memory>
+#include <type_traits>
+#include <utility>
 
 namespace attnkit {
 namespace functional {
@@ -20,21 +24,137 @@ using MaskMod = std::function<bool(int64_t b, int64_t h, int64_t q_idx, int64_t 
 using ScoreMod =
     std::function<float(float score, int64_t b, int64_t h, int64_t q_idx, int64_t kv_idx)>;
 
+/// The hook the fused kernels call once per row segment of a tile: for query q_idx of (b, h)
+/// and the keys k0 .. k0 + n - 1 it rewrites scores[0:n] in place (a mask writes -inf over the
+/// hidden keys, a score modifier replaces every logit). `functor` points at the user's callable.
+using RowHook = void (*)(
+    const void* functor, int64_t b, int64_t h, int64_t q_idx, int64_t k0, int64_t n, float* scores);
+
+namespace detail {
+
+// The segment loops, instantiated for the callable's own type in the caller's translation unit
+// so its body is inlined into the loop (the kernel pays one indirect call per segment).
+template <class F>
+void mask_row(
+    const void* functor, int64_t b, int64_t h, int64_t q_idx, int64_t k0, int64_t n, float* s) {
+  const F& f = *static_cast<const F*>(functor);
+  for (int64_t c = 0; c < n; ++c) {
+    if (!f(b, h, q_idx, k0 + c)) s[c] = -std::numeric_limits<float>::infinity();
+  }
+}
+
+template <class F>
+void score_row(
+    const void* functor, int64_t b, int64_t h, int64_t q_idx, int64_t k0, int64_t n, float* s) {
+  const F& f = *static_cast<const F*>(functor);
+  for (int64_t c = 0; c < n; ++c) s[c] = f(s[c], b, h, q_idx, k0 + c);
+}
+
+// An empty std::function (the default of the options) builds an empty functor.
+template <class Sig>
+bool is_empty_callable(const std::function<Sig>& f) {
+  return !f;
+}
+template <class F>
+bool is_empty_callable(const F&) {
+  return false;
+}
+
+template <class F, class Self>
+using if_callable_as = std::enable_if_t<
+    std::conjunction_v<std::negation<std::is_same<std::decay_t<F>, Self>>,
+                       std::is_invocable_r<bool, const F&, int64_t, int64_t, int64_t, int64_t>>,
+    int>;
+template <class F, class Self>
+using if_score_callable_as = std::enable_if_t<
+    std::conjunction_v<
+        std::negation<std::is_same<std::decay_t<F>, Self>>,
+        std::is_invocable_r<float, const F&, float, int64_t, int64_t, int64_t, int64_t>>,
+    int>;
+
+}  // namespace detail
+
 /// How a block of [block_q x block_k] elements relates to a mask: not visited, partially
 /// visible (the element predicate decides), or fully visible.
 enum class BlockKind : int8_t { kEmpty = 0, kPartial = 1, kFull = 2 };
 
-/// A mask: the element predicate plus, optionally, an exact block classifier that lets
-/// `create_block_mask` skip evaluating every element. Built by the helpers below.
+/// A mask: an element predicate compiled into a kernel row hook, plus, optionally, an exact
+/// block classifier that lets `create_block_mask` skip evaluating every element. Built from any
+/// callable `bool(int64_t b, int64_t h, int64_t q_idx, int64_t kv_idx)` (implicitly, or with
+/// `mask_fn`): a lambda's body is inlined into the kernel's segment loop; a `MaskMod`
+/// (std::function) goes through the same template and costs one type-erased call per element.
 struct Mask {
-  /// The element predicate.
+  /// The element predicate (block classification and the composed reference).
   MaskMod fn;
   /// Optional: kind of the block [q0, q1) x [k0, k1) for batch b, head h.
   std::function<BlockKind(int64_t b, int64_t h, int64_t q0, int64_t q1, int64_t k0, int64_t k1)>
       classify;
-  /// A mask from a bare predicate (blocks are classified by evaluating every element).
-  Mask(MaskMod predicate = {}) : fn(std::move(predicate)) {}  // NOLINT: implicit on purpose
+  /// Writes -inf over the hidden keys of a row segment (see RowHook), called with `functor`.
+  RowHook row = nullptr;
+  std::shared_ptr<const void> functor;
+
+  /// The empty mask (everything visible).
+  Mask() = default;
+  /// A mask from a predicate; blocks are classified by evaluating every element.
+  template <class F, detail::if_callable_as<F, Mask> = 0>
+  Mask(F predicate) {  // NOLINT: implicit on purpose, so options take lambdas directly
+    if (detail::is_empty_callable(predicate)) return;
+    auto shared = std::make_shared<const F>(std::move(predicate));
+    fn = [shared](int64_t b, int64_t h, int64_t q, int64_t kv) -> bool {
+      return (*shared)(b, h, q, kv);
+    };
+    row = &detail::mask_row<F>;
+    functor = std::move(shared);
+  }
+  /// Whether the mask has a predicate.
+  explicit operator bool() const { return row != nullptr; }
 };
+
+/// A score modifier compiled into a kernel row hook; built like `Mask` from any callable
+/// `float(float score, int64_t b, int64_t h, int64_t q_idx, int64_t kv_idx)` (implicitly, or
+/// with `score_fn`). A `ScoreMod` (std::function) is the type-erased fallback.
+struct ScoreModFn {
+  /// The element modifier (the composed reference).
+  ScoreMod fn;
+  /// Replaces every logit of a row segment (see RowHook), called with `functor`.
+  RowHook row = nullptr;
+  std::shared_ptr<const void> functor;
+
+  /// No modifier.
+  ScoreModFn() = default;
+  template <class F, detail::if_score_callable_as<F, ScoreModFn> = 0>
+  ScoreModFn(F modifier) {  // NOLINT: implicit on purpose, so options take lambdas directly
+    if (detail::is_empty_callable(modifier)) return;
+    auto shared = std::make_shared<const F>(std::move(modifier));
+    fn = [shared](float s, int64_t b, int64_t h, int64_t q, int64_t kv) -> float {
+      return (*shared)(s, b, h, q, kv);
+    };
+    row = &detail::score_row<F>;
+    functor = std::move(shared);
+  }
+  /// Whether there is a modifier.
+  explicit operator bool() const { return row != nullptr; }
+};
+
+/// A mask whose predicate `f` (any callable bool(b, h, q_idx, kv_idx)) is inlined into the
+/// fused kernels; the same as the implicit conversion, spelled out.
+/// Example:
+///   auto m = mask_fn([](int64_t, int64_t, int64_t q, int64_t kv) { return kv <= q; });
+template <class F>
+Mask mask_fn(F f) {
+  return Mask(std::move(f));
+}
+
+/// A score modifier `f` (any callable float(score, b, h, q_idx, kv_idx)) inlined into the fused
+/// kernels; the same as the implicit conversion, spelled out.
+/// Example:
+///   auto s = score_fn([](float s, int64_t, int64_t, int64_t q, int64_t kv) {
+///     return s - 0.01f * static_cast<float>(q - kv);
+///   });
+template <class F>
+ScoreModFn score_fn(F f) {
+  return ScoreModFn(std::move(f));
+}
 
 /// Causal: kv_idx <= q_idx + offset (offset = Tk - Tq aligns the last query with the last key).
 Mask causal_mask(int64_t offset = 0);
@@ -62,8 +182,8 @@ struct BlockMask {
   torch::Tensor full_kv_num_blocks;
   /// int32 [B|1, H|1, num_q_blocks, num_kv_blocks]: their indices.
   torch::Tensor full_kv_indices;
-  /// Element predicate applied inside partial blocks (none: partial blocks are fully visible).
-  MaskMod mask_mod;
+  /// Element mask applied inside partial blocks (empty: partial blocks are fully visible).
+  Mask mask_mod;
   int64_t block_q = 128;
   int64_t block_k = 128;
   int64_t seq_len_q = 0;
@@ -76,10 +196,13 @@ struct BlockMask {
 };
 
 /// Builds a block mask by classifying every [block_q x block_k] block of `mask` (with its
-/// exact classifier when it has one, else by evaluating every element).
+/// exact classifier when it has one, else by evaluating its row hook over the block's rows).
 /// B, H: 1 broadcasts over that dim (the mask must then not depend on it).
 /// Example:
 ///   auto bm = create_block_mask(causal_mask(), 1, 1, T, T);
+///   auto bm2 = create_block_mask(
+///       mask_fn([](int64_t, int64_t, int64_t q, int64_t kv) { return q / 256 == kv / 256; }),
+///       1, 1, T, T);
 BlockMask create_block_mask(const Mask& mask,
                             int64_t B,
                             int64_t H,
@@ -125,10 +248,12 @@ struct FlexAttentionOptions {
   TORCH_ARG(torch::Tensor, mask) = {};
   /// Block-sparse structure; its mask_mod is applied inside partial blocks. Default: nullopt
   TORCH_ARG(c10::optional<BlockMask>, block_mask) = c10::nullopt;
-  /// Element mask evaluated on every visited element (only without block_mask). Default: none
-  TORCH_ARG(MaskMod, mask_mod) = {};
-  /// Score modifier, after the bias and before the masks. Default: none
-  TORCH_ARG(ScoreMod, score_mod) = {};
+  /// Element mask evaluated on every visited element (only without block_mask); a lambda is
+  /// inlined into the kernels (see `Mask`). Default: none
+  TORCH_ARG(Mask, mask_mod) = {};
+  /// Score modifier, after the bias and before the masks; a lambda is inlined into the kernels
+  /// (see `ScoreModFn`). Default: none
+  TORCH_ARG(ScoreModFn, score_mod) = {};
 };
 
 /// What `flex_attention` returns.
@@ -145,8 +270,17 @@ struct FlexAttentionResult {
 /// h reads kv head h / (Hq / Hkv). fp32 and bf16 run fused (fp32 accumulation); fp64 runs the
 /// composed reference; ATTNKIT_BACKEND=reference forces it.
 ///   q: [B, Hq, Tq, D], k: [B, Hkv, Tk, D], v: [B, Hkv, Tk, Dv] -> output [B, Hq, Tq, Dv]
+/// Mask and score functors given as lambdas are inlined into the kernels (see `Mask`).
 /// Example:
 ///   auto r = functional::flex_attention(q, k, v, FlexAttentionOptions().causal(true));
+///   auto r2 = functional::flex_attention(
+///       q, k, v, FlexAttentionOptions()
+///                    .mask_mod([](int64_t, int64_t, int64_t q_idx, int64_t kv_idx) {
+///                      return (q_idx - kv_idx) % 2 == 0;
+///                    })
+///                    .score_mod([](float s, int64_t, int64_t h, int64_t, int64_t) {
+///                      return s + 0.1f * static_cast<float>(h);
+///                    }));
 FlexAttentionResult flex_attention(const torch::Tensor& q,
                                    const torch::Tensor& k,
                                    const torch::Tensor& v,

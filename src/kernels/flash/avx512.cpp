@@ -9,6 +9,7 @@
 
 #include <immintrin.h>
 
+#include <atomic>
 #include <cstdlib>
 #include <memory>
 #include <vector>

@@ -89,7 +89,7 @@ static void backward_impl(const FlashParams& p, const FlashBackwardParams& g) {
   const int64_t rows_pad = round_up(G * rows_q, kRowBlock);
   const int64_t num_kv_blocks = p.has_block_mask() ? p.num_kv_blocks : 0;
   const bool element_mods = has_element_mods(p);
-  const bool use_mask_fn = p.maybe_mask_fn != nullptr;
+  const bool use_mask_row = p.maybe_mask_row != nullptr;
   const int num_threads = at::get_num_threads();
 
   // Di = rowsum(dO * O) for every query row, fp32 [B, Hq, Tq].
@@ -255,25 +255,9 @@ static void backward_impl(const FlashParams& p, const FlashBackwardParams& g) {
               Vec::store(sdr + c, Vec::sub(one, Vec::mul(th, th)));
             }
           }
-          if (edge && !element_mods && !use_mask_fn && !p.has_block_mask()) {
-            // Causal / window edge only: the visible keys are one interval, clip it.
-            const KeyRange kr_i = key_range(p, i);
-            const int64_t c_lo = std::min(width, std::max<int64_t>(0, kr_i.lo - j0));
-            const int64_t c_hi = std::max(c_lo, std::min(width, kr_i.hi - j0));
-            fill_floats(sr, sr + c_lo, kNegInf);
-            fill_floats(sr + c_hi, sr + width, kNegInf);
-          } else if (edge || element_mods || use_mask_fn || p.has_block_mask()) {
-            const KeyRange kr_i = key_range(p, i);
-            const uint8_t* m = modes + gg * num_kv_blocks;
-            for (int64_t c = 0; c < width; ++c) {
-              const int64_t j = j0 + c;
-              const uint8_t mode = p.has_block_mask()
-                                       ? m[j / p.block_k]
-                                       : (use_mask_fn ? uint8_t{kPartial} : uint8_t{kFull});
-              sr[c] = (j < kr_i.lo || j >= kr_i.hi || mode == kSkip)
-                          ? kNegInf
-                          : modify_logit(p, sr[c], b, h, i, j, mode == kPartial);
-            }
+          if (edge || element_mods || use_mask_row || p.has_block_mask()) {
+            const uint8_t* m = p.has_block_mask() ? modes + gg * num_kv_blocks : nullptr;
+            modify_row_blocks(p, b, h, i, j0, width, key_range(p, i), m, sr);
           }
           for (int64_t c = width; c < width_pad; ++c) sr[c] = kNegInf;
           // P <- exp(S - lse) ; dS <- P (dP - Di) [* softcap']

@@ -39,7 +39,7 @@ static inline KeyRange key_range(const FlashParams& p, int64_t i) {
   return {lo, std::max(lo, hi)};
 }
 
-// Block-mask state of one (head, kv block): skipped, partial (mask_fn applied) or full.
+// Block-mask state of one (head, kv block): skipped, partial (mask functor applied) or full.
 enum BlockMode : uint8_t { kSkip = 0, kPartial = 1, kFull = 2 };
 
 // Fills mode[kb] for kv blocks of head h at mask query block qb.
@@ -97,33 +97,76 @@ static inline void store_elem(void* base, FlashDtype dtype, int64_t offset, floa
   }
 }
 
-// The logit modifiers and masks applied after scale (and softcap) for one element.
-// Returns -inf when the key is masked. `partial` says whether mask_fn applies.
-static inline float modify_logit(
-    const FlashParams& p, float s, int64_t b, int64_t h, int64_t i, int64_t j, bool partial) {
+// The logit modifiers and masks of one row segment s[0:width] (keys j0 .. j0 + width - 1 of
+// query i of head h), applied after scale and softcap: keys outside `kr` become -inf, then on
+// the visible keys ALiBi, bias, score functor, keep mask and (when `partial`) the mask functor.
+static inline void modify_row(const FlashParams& p,
+                              int64_t b,
+                              int64_t h,
+                              int64_t i,
+                              int64_t j0,
+                              int64_t width,
+                              KeyRange kr,
+                              bool partial,
+                              float* s) {
+  const int64_t c_lo = std::min(width, std::max<int64_t>(0, kr.lo - j0));
+  const int64_t c_hi = std::max(c_lo, std::min(width, kr.hi - j0));
+  fill_floats(s, s + c_lo, kNegInf);
+  fill_floats(s + c_hi, s + width, kNegInf);
+  if (c_lo == c_hi) return;
+  float* seg = s + c_lo;
+  const int64_t k0 = j0 + c_lo, n = c_hi - c_lo;
   if (p.maybe_alibi_slopes != nullptr) {
+    const float slope = p.maybe_alibi_slopes[h];
     const int64_t pos = i + (p.seq_len_kv - p.seq_len_q);
-    s += p.maybe_alibi_slopes[h] * static_cast<float>(j - pos);
+    for (int64_t c = 0; c < n; ++c) seg[c] += slope * static_cast<float>(k0 + c - pos);
   }
   if (p.maybe_bias != nullptr) {
-    s += p.maybe_bias[b * p.bias_stride_b + h * p.bias_stride_h + i * p.bias_stride_q +
-                      j * p.bias_stride_k];
+    const float* bias = p.maybe_bias + b * p.bias_stride_b + h * p.bias_stride_h +
+                        i * p.bias_stride_q + k0 * p.bias_stride_k;
+    for (int64_t c = 0; c < n; ++c) seg[c] += bias[c * p.bias_stride_k];
   }
-  if (p.maybe_score_fn != nullptr) s = p.maybe_score_fn(p.functor_context, s, b, h, i, j);
-  if (p.maybe_keep != nullptr && !p.maybe_keep[b * p.keep_stride_b + h * p.keep_stride_h +
-                                               i * p.keep_stride_q + j * p.keep_stride_k]) {
-    return kNegInf;
+  if (p.maybe_score_row != nullptr) p.maybe_score_row(p.score_functor, b, h, i, k0, n, seg);
+  if (p.maybe_keep != nullptr) {
+    const uint8_t* keep = p.maybe_keep + b * p.keep_stride_b + h * p.keep_stride_h +
+                          i * p.keep_stride_q + k0 * p.keep_stride_k;
+    for (int64_t c = 0; c < n; ++c)
+      if (!keep[c * p.keep_stride_k]) seg[c] = kNegInf;
   }
-  if (partial && p.maybe_mask_fn != nullptr && !p.maybe_mask_fn(p.functor_context, b, h, i, j)) {
-    return kNegInf;
+  if (partial && p.maybe_mask_row != nullptr) p.maybe_mask_row(p.mask_functor, b, h, i, k0, n, seg);
+}
+
+// modify_row over a segment that may span several block-mask blocks: `modes` [num_kv_blocks]
+// of the row's query block (null without a block mask: partial iff there is a mask functor).
+static inline void modify_row_blocks(const FlashParams& p,
+                                     int64_t b,
+                                     int64_t h,
+                                     int64_t i,
+                                     int64_t j0,
+                                     int64_t width,
+                                     KeyRange kr,
+                                     const uint8_t* modes,
+                                     float* s) {
+  if (modes == nullptr) {
+    modify_row(p, b, h, i, j0, width, kr, p.maybe_mask_row != nullptr, s);
+    return;
   }
-  return s;
+  for (int64_t c0 = 0; c0 < width;) {
+    const int64_t kb = (j0 + c0) / p.block_k;
+    const int64_t c1 = std::min(width, (kb + 1) * p.block_k - j0);
+    if (modes[kb] == kSkip) {
+      fill_floats(s + c0, s + c1, kNegInf);
+    } else {
+      modify_row(p, b, h, i, j0 + c0, c1 - c0, kr, modes[kb] == kPartial, s + c0);
+    }
+    c0 = c1;
+  }
 }
 
 // Whether any per-element work (beyond positional masking) is needed.
 static inline bool has_element_mods(const FlashParams& p) {
   return p.maybe_alibi_slopes != nullptr || p.maybe_bias != nullptr ||
-         p.maybe_score_fn != nullptr || p.maybe_keep != nullptr;
+         p.maybe_score_row != nullptr || p.maybe_keep != nullptr;
 }
 
 }  // namespace

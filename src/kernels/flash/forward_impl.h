@@ -7,7 +7,7 @@
 // (r = g * rows_q + ii), so every K/V tile is loaded and packed once for all G heads. For each
 // visited kv tile:
 //   S  <- (scale Q) Kt                 [rows, Bk]   register-blocked 4 x (C vectors) micro-kernel
-//   S  <- softcap, ALiBi, bias, score_fn, masks (only where needed)
+//   S  <- softcap, ALiBi, bias, score functor, masks (only where needed; functors per row segment)
 //   m' <- max(m, rowmax S);  P <- exp(S - m');  l <- l exp(m - m') + rowsum P;  O <- O exp(m - m')
 //   O  <- O + P V                      [rows, Dv]   register-blocked 4 x (C vectors) micro-kernel
 // and at the end out <- O / l (sinks folded into m and l first), lse <- m + log l.
@@ -65,20 +65,27 @@ static inline void pv_micro(
     for (int c = 0; c < C; ++c) Vec::store(o + r * ldv + c * Vec::kLanes, acc[r][c]);
 }
 
-// S[rows_pad, width_pad] <- Q Kt, column chunks of up to kColVecs vectors.
+// Columns [lo, hi) of a tile (whole vectors) that a block of kRowBlock rows needs: the union of
+// its rows' visible keys. Triangular causal / window edge tiles skip the rest.
+struct ColRange {
+  int64_t lo = 0;
+  int64_t hi = 0;
+};
+
+// S[r, cols[r / kRowBlock]] <- Q Kt for every block of kRowBlock rows, column chunks of up to
+// kColVecs vectors; columns outside a block's range are left unwritten.
 static void gemm_qk(const float* q,
                     int64_t rows_pad,
                     int64_t head_dim,
                     const float* kt,
-                    int64_t width_pad,
+                    const ColRange* cols,
                     float* s) {
-  const int64_t nvec = width_pad / Vec::kLanes;
   for (int64_t r = 0; r < rows_pad; r += kRowBlock) {
-    for (int64_t cv = 0; cv < nvec; cv += Vec::kColVecs) {
-      const int64_t col = cv * Vec::kLanes;
+    const ColRange cr = cols[r / kRowBlock];
+    for (int64_t col = cr.lo; col < cr.hi; col += Vec::kColVecs * Vec::kLanes) {
       const float* qr = q + r * head_dim;
       float* sr = s + r * kBlockK + col;
-      switch (std::min<int64_t>(Vec::kColVecs, nvec - cv)) {
+      switch (std::min<int64_t>(Vec::kColVecs, (cr.hi - col) / Vec::kLanes)) {
         case 1:
           qk_micro<1>(qr, head_dim, kt + col, sr);
           break;
@@ -96,27 +103,37 @@ static void gemm_qk(const float* q,
   }
 }
 
-// O[rows_pad, dv_pad] += P[rows_pad, width] Vs[width, dv_pad].
-static void gemm_pv(
-    const float* pm, int64_t rows_pad, int64_t width, const float* vs, int64_t dv_pad, float* o) {
+// O[r, 0:dv_pad] += P[r, keys] Vs[keys, 0:dv_pad] for every block of kRowBlock rows, over the
+// keys of its column range below `width` (P is zero elsewhere in the block's rows).
+static void gemm_pv(const float* pm,
+                    int64_t rows_pad,
+                    int64_t width,
+                    const ColRange* cols,
+                    const float* vs,
+                    int64_t dv_pad,
+                    float* o) {
   const int64_t nvec = dv_pad / Vec::kLanes;
   for (int64_t r = 0; r < rows_pad; r += kRowBlock) {
+    const ColRange cr = cols[r / kRowBlock];
+    const int64_t keys = std::min(width, cr.hi) - cr.lo;
+    if (keys <= 0) continue;
+    const float* pr = pm + r * kBlockK + cr.lo;
+    const float* vr = vs + cr.lo * dv_pad;
     for (int64_t cv = 0; cv < nvec; cv += Vec::kColVecs) {
       const int64_t col = cv * Vec::kLanes;
-      const float* pr = pm + r * kBlockK;
       float* orow = o + r * dv_pad + col;
       switch (std::min<int64_t>(Vec::kColVecs, nvec - cv)) {
         case 1:
-          pv_micro<1>(pr, width, vs + col, dv_pad, orow);
+          pv_micro<1>(pr, keys, vr + col, dv_pad, orow);
           break;
         case 2:
-          pv_micro<2>(pr, width, vs + col, dv_pad, orow);
+          pv_micro<2>(pr, keys, vr + col, dv_pad, orow);
           break;
         case 3:
-          pv_micro<3>(pr, width, vs + col, dv_pad, orow);
+          pv_micro<3>(pr, keys, vr + col, dv_pad, orow);
           break;
         default:
-          pv_micro<Vec::kColVecs>(pr, width, vs + col, dv_pad, orow);
+          pv_micro<Vec::kColVecs>(pr, keys, vr + col, dv_pad, orow);
           break;
       }
     }
@@ -224,6 +241,7 @@ struct Scratch {
   float* kt = nullptr;            // [D, kBlockK]       packed, transposed key tile
   float* vs = nullptr;            // [kBlockK, Dv_pad]  packed value tile
   SoftmaxState* state = nullptr;  // [rows_pad]
+  ColRange* cols = nullptr;       // [rows_pad / kRowBlock] column range of each row block
   uint8_t* modes = nullptr;       // [G, num_kv_blocks] block-mask modes
 };
 
@@ -257,7 +275,7 @@ static void forward_impl(const FlashParams& p) {
   const int64_t rows_pad = round_up(G * rows_q, kRowBlock);
   const int64_t num_kv_blocks = p.has_block_mask() ? p.num_kv_blocks : 0;
   const bool element_mods = has_element_mods(p);
-  const bool use_mask_fn = p.maybe_mask_fn != nullptr;
+  const bool use_mask_row = p.maybe_mask_row != nullptr;
 
   // Scratch: one padded slab per thread (64-byte aligned pieces).
   auto pad16 = [](int64_t n) { return round_up(n, 16); };
@@ -265,9 +283,10 @@ static void forward_impl(const FlashParams& p) {
   const int64_t floats_s = pad16(rows_pad * kBlockK), floats_kt = pad16(D * kBlockK);
   const int64_t floats_vs = pad16(kBlockK * dv_pad);
   const int64_t floats_state = pad16(rows_pad * 2);
+  const int64_t floats_cols = pad16(rows_pad / kRowBlock * 4);  // two int64 per row block
   const int64_t floats_modes = pad16(ceil_div(G * num_kv_blocks, 4));
-  const int64_t per_thread =
-      floats_q + floats_o + floats_s + floats_kt + floats_vs + floats_state + floats_modes;
+  const int64_t per_thread = floats_q + floats_o + floats_s + floats_kt + floats_vs + floats_state +
+                             floats_cols + floats_modes;
   const int num_threads = at::get_num_threads();
   std::unique_ptr<float, void (*)(void*)> slab(
       static_cast<float*>(std::aligned_alloc(64, sizeof(float) * per_thread * num_threads)),
@@ -290,10 +309,15 @@ static void forward_impl(const FlashParams& p) {
     part_state.resize(static_cast<size_t>(base_items * num_splits * rows_pad * 2));
   }
 
-  // One work item per (b, kv head, q block[, split]). Grain 1: an item is >= 64 rows x Tkv keys of
-  // work. Within one (b, kv head) the q blocks are visited in zig-zag order (0, n-1, 1, n-2, ...)
-  // so that the contiguous ranges at::parallel_for hands to each thread carry equal causal work.
-  at::parallel_for(0, base_items * num_splits, 1, [&](int64_t begin, int64_t end) {
+  // One work item per (b, kv head, q block[, split]). The threads claim items one at a time
+  // from a shared counter: on a machine shared with other work a descheduled thread no longer
+  // holds back a fixed share of the items. Within one (b, kv head) the q blocks come last
+  // first: under causal masks the largest items are claimed first (the threads finish
+  // together), and consecutive items share most of their K/V tiles, still in cache (a window
+  // of 256 keys visits 5 tiles per q block, 4 of them the previous block's).
+  const int64_t num_items = base_items * num_splits;
+  std::atomic<int64_t> next_item{0};
+  at::parallel_for(0, num_threads, 1, [&](int64_t, int64_t) {
     const int tid = at::get_thread_num();
     float* base = slab.get() + per_thread * tid;
     Scratch sc;
@@ -303,12 +327,13 @@ static void forward_impl(const FlashParams& p) {
     sc.kt = sc.s + floats_s;
     sc.vs = sc.kt + floats_kt;
     sc.state = reinterpret_cast<SoftmaxState*>(sc.vs + floats_vs);
-    sc.modes = reinterpret_cast<uint8_t*>(sc.vs + floats_vs + floats_state);
+    sc.cols = reinterpret_cast<ColRange*>(sc.vs + floats_vs + floats_state);
+    sc.modes = reinterpret_cast<uint8_t*>(sc.vs + floats_vs + floats_state + floats_cols);
 
-    for (int64_t item = begin; item < end; ++item) {
+    for (int64_t item = next_item++; item < num_items; item = next_item++) {
       const int64_t split = item % num_splits, base_item = item / num_splits;
       const int64_t bh = base_item / num_q_blocks, t = base_item % num_q_blocks;
-      const int64_t qb = (t % 2 == 0) ? t / 2 : num_q_blocks - 1 - t / 2;
+      const int64_t qb = num_q_blocks - 1 - t;
       const int64_t b = bh / Hkv, hkv = bh % Hkv;
       const int64_t i0 = qb * rows_q;
       const int64_t nq = std::min(rows_q, Tq - i0);  // queries per head in this block
@@ -366,49 +391,59 @@ static void forward_impl(const FlashParams& p) {
           fill_floats(sc.kt + d * kBlockK + width, sc.kt + d * kBlockK + width_pad, 0.0f);
         }
 
-        gemm_qk(sc.q, rpad, D, sc.kt, width_pad, sc.s);
-
+        // Column ranges: whole tiles inside the block's common key range, else the union of
+        // the rows' visible keys per row block (padded row blocks get none).
         const bool edge = !(j0 >= last.lo && j1 <= first.hi);
+        for (int64_t rb = 0; rb < rpad; rb += kRowBlock) {
+          ColRange cr{0, width_pad};
+          if (edge) {
+            int64_t lo = width, hi = 0;
+            for (int64_t r = rb; r < std::min(rb + kRowBlock, rows); ++r) {
+              const KeyRange kr = key_range(p, i0 + r % nq);
+              lo = std::min(lo, std::max<int64_t>(0, kr.lo - j0));
+              hi = std::max(hi, std::min(width, kr.hi - j0));
+            }
+            cr = hi > lo ? ColRange{lo / Vec::kLanes * Vec::kLanes, round_up(hi, Vec::kLanes)}
+                         : ColRange{0, 0};
+          }
+          sc.cols[rb / kRowBlock] = cr;
+        }
+
+        gemm_qk(sc.q, rpad, D, sc.kt, sc.cols, sc.s);
+
         for (int64_t r = 0; r < rows; ++r) {
           const int64_t g = r / nq, i = i0 + r % nq, h = hkv * G + g;
+          const ColRange cr = sc.cols[r / kRowBlock];
           float* s = sc.s + r * kBlockK;
-          // Without a block mask a run-time mask_fn makes every tile partial.
+          // Without a block mask a mask functor makes every tile partial.
           const uint8_t mode = kb >= 0 ? sc.modes[g * num_kv_blocks + kb]
-                                       : (use_mask_fn ? uint8_t{kPartial} : uint8_t{kFull});
+                                       : (use_mask_row ? uint8_t{kPartial} : uint8_t{kFull});
           if (mode == kSkip) {
-            for (int64_t c = 0; c < width_pad; ++c) s[c] = 0.0f;
+            fill_floats(s + cr.lo, s + cr.hi, 0.0f);
             continue;
           }
           if (p.softcap > 0.0f) {
             const typename Vec::reg cap = Vec::set1(p.softcap), inv = Vec::set1(1.0f / p.softcap);
-            for (int64_t c = 0; c < width_pad; c += Vec::kLanes) {
+            for (int64_t c = cr.lo; c < cr.hi; c += Vec::kLanes) {
               Vec::store(s + c, Vec::mul(cap, Vec::tanh(Vec::mul(Vec::load(s + c), inv))));
             }
           }
-          const bool partial = mode == kPartial && use_mask_fn;
-          if (edge && !element_mods && !partial) {
-            // Causal / window edge only: the visible keys are one interval, clip it.
-            const KeyRange kr = key_range(p, i);
-            const int64_t c_lo = std::min(width, std::max<int64_t>(0, kr.lo - j0));
-            const int64_t c_hi = std::max(c_lo, std::min(width, kr.hi - j0));
-            fill_floats(s, s + c_lo, kNegInf);
-            fill_floats(s + c_hi, s + width, kNegInf);
-          } else if (edge || element_mods || partial) {
-            const KeyRange kr = key_range(p, i);
-            for (int64_t c = 0; c < width; ++c) {
-              const int64_t j = j0 + c;
-              s[c] =
-                  (j < kr.lo || j >= kr.hi) ? kNegInf : modify_logit(p, s[c], b, h, i, j, partial);
-            }
+          const bool partial = mode == kPartial && use_mask_row;
+          if (edge || element_mods || partial) {
+            // Keys outside [cr.lo, cr.hi) are outside the row's range: only the range is needed.
+            const int64_t n = std::min(width, cr.hi) - cr.lo;
+            if (n > 0) modify_row(p, b, h, i, j0 + cr.lo, n, key_range(p, i), partial, s + cr.lo);
           }
-          for (int64_t c = width; c < width_pad; ++c) s[c] = kNegInf;
-          sc.state[r].merge(s, width_pad, sc.o + r * dv_pad, dv_pad);
+          for (int64_t c = std::max(width, cr.lo); c < cr.hi; ++c) s[c] = kNegInf;
+          sc.state[r].merge(s + cr.lo, cr.hi - cr.lo, sc.o + r * dv_pad, dv_pad);
         }
         // Padded rows hold S = 0 from zero query rows: make their P zero too.
-        for (int64_t r = rows; r < rpad; ++r)
-          fill_floats(sc.s + r * kBlockK, sc.s + r * kBlockK + width_pad, 0.0f);
+        for (int64_t r = rows; r < rpad; ++r) {
+          const ColRange cr = sc.cols[r / kRowBlock];
+          fill_floats(sc.s + r * kBlockK + cr.lo, sc.s + r * kBlockK + cr.hi, 0.0f);
+        }
 
-        gemm_pv(sc.s, rpad, width, sc.vs, dv_pad, sc.o);
+        gemm_pv(sc.s, rpad, width, sc.cols, sc.vs, dv_pad, sc.o);
       };
 
       if (p.has_block_mask()) {

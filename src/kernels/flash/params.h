@@ -7,7 +7,7 @@
 //   B   batch_size       Hq  num_heads_q      Hkv num_heads_kv     G = Hq / Hkv (query heads per kv
 //   head) Tq  seq_len_q        Tkv seq_len_kv       D   head_dim         Dv  head_dim_v pos(i) = i
 //   + (Tkv - Tq): the key position of query i (bottom-right alignment).
-// Scores are natural-log logits: s = scale * q.k, then softcap, ALiBi, bias, score_fn, masks.
+// Scores are natural-log logits: s = scale * q.k, then softcap, ALiBi, bias, score functor, masks.
 
 #include <cstdint>
 
@@ -18,12 +18,12 @@ namespace flash {
 /// Element type of q, k, v, out (and dout, dq, dk, dv in the backward). Accumulation is fp32.
 enum class FlashDtype { kFloat32, kBFloat16 };
 
-/// Type-erased element predicate: true = key kv_idx is visible to query q_idx of head h.
-using FlashMaskFn =
-    bool (*)(const void* context, int64_t b, int64_t h, int64_t q_idx, int64_t kv_idx);
-/// Type-erased score modifier: returns the new logit.
-using FlashScoreFn = float (*)(
-    const void* context, float score, int64_t b, int64_t h, int64_t q_idx, int64_t kv_idx);
+/// Row-segment hook of a mask or score functor (the library's RowHook): for query q_idx of head
+/// h and keys k0 .. k0 + n - 1 it rewrites scores[0:n] in place; a mask writes -inf over the
+/// hidden keys, a score modifier replaces each logit. One indirect call per segment: the
+/// functor's body is inlined into the hook's loop where the user's code was compiled.
+using FlashRowFn = void (*)(
+    const void* functor, int64_t b, int64_t h, int64_t q_idx, int64_t k0, int64_t n, float* scores);
 
 struct FlashParams {
   FlashDtype dtype = FlashDtype::kFloat32;
@@ -75,7 +75,7 @@ struct FlashParams {
   int64_t keep_stride_b = 0, keep_stride_h = 0, keep_stride_q = 0, keep_stride_k = 0;
 
   // Block mask (FlexAttention layout), broadcast to [B, Hq, num_q_blocks(, max_blocks)].
-  // Blocks listed in kv_indices are partial (maybe_mask_fn applied), blocks listed in
+  // Blocks listed in kv_indices are partial (maybe_mask_row applied), blocks listed in
   // full_kv_indices are visited without it, other blocks are skipped.
   const int32_t* maybe_kv_num_blocks = nullptr;
   const int32_t* maybe_kv_indices = nullptr;
@@ -90,10 +90,12 @@ struct FlashParams {
   int64_t block_q = 0;
   int64_t block_k = 0;
 
-  // Run-time functors (type-erased fallback; built-in rules above are native).
-  FlashMaskFn maybe_mask_fn = nullptr;
-  FlashScoreFn maybe_score_fn = nullptr;
-  const void* functor_context = nullptr;
+  // Element functors (built-in rules above are native). The mask applies in partial blocks
+  // (every visited block without a block mask), the score modifier on every visible key.
+  FlashRowFn maybe_mask_row = nullptr;
+  const void* mask_functor = nullptr;
+  FlashRowFn maybe_score_row = nullptr;
+  const void* score_functor = nullptr;
 
   bool has_block_mask() const { return maybe_kv_num_blocks != nullptr; }
 };

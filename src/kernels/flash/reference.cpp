@@ -30,9 +30,7 @@ void row_logits(const FlashParams& p,
   if (p.has_block_mask()) fill_block_modes(p, b, h, i / p.block_q, mode);
   const int64_t q_off = b * p.q_stride_b + h * p.q_stride_h + i * p.q_stride_t;
   for (int64_t j = 0; j < Tkv; ++j) {
-    const uint8_t m = p.has_block_mask() ? mode[j / p.block_k]
-                                         : (p.maybe_mask_fn ? uint8_t{kPartial} : uint8_t{kFull});
-    if (j < kr.lo || j >= kr.hi || m == kSkip) {
+    if (j < kr.lo || j >= kr.hi || (p.has_block_mask() && mode[j / p.block_k] == kSkip)) {
       raw[j] = 0.0f;
       logits[j] = kNegInf;
       continue;
@@ -43,11 +41,10 @@ void row_logits(const FlashParams& p,
       dot += load_elem(p.q, p.dtype, q_off + d * p.q_stride_d) *
              load_elem(p.k, p.dtype, k_off + d * p.k_stride_d);
     }
-    float s = p.scale * dot;
-    raw[j] = s;
-    if (p.softcap > 0.0f) s = p.softcap * std::tanh(s / p.softcap);
-    logits[j] = modify_logit(p, s, b, h, i, j, m == kPartial);
+    raw[j] = p.scale * dot;
+    logits[j] = p.softcap > 0.0f ? p.softcap * std::tanh(raw[j] / p.softcap) : raw[j];
   }
+  modify_row_blocks(p, b, h, i, 0, Tkv, kr, p.has_block_mask() ? mode : nullptr, logits);
 }
 
 // Per-thread scratch: raw + logits rows and block modes.
