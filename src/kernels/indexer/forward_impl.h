@@ -36,6 +36,15 @@ static inline void score_micro(
     for (int c = 0; c < C; ++c) Vec::store(s + r * kTileK + c * Vec::kLanes, acc[r][c]);
 }
 
+// Bit c set where lane c of x is greater than t (false for NaN).
+static inline uint32_t above_mask(typename Vec::reg x, float t) {
+#ifdef __AVX512F__
+  return _mm512_cmp_ps_mask(x, _mm512_set1_ps(t), _CMP_GT_OQ);
+#else
+  return static_cast<uint32_t>(_mm256_movemask_ps(_mm256_cmp_ps(x, _mm256_set1_ps(t), _CMP_GT_OQ)));
+#endif
+}
+
 static void index_topk_impl(const IndexTopkParams& p) {
   const int64_t B = p.batch_size, G = p.num_groups, Tq = p.seq_len_q, Tk = p.seq_len_kv;
   const int64_t Hi = p.num_heads, D = p.head_dim, K = p.top_k;
@@ -47,28 +56,35 @@ static void index_topk_impl(const IndexTopkParams& p) {
   // heap per query.
   const bool radix = p.block_size == 1 && K >= kRadixMinTopK;
 
-  // K^T of every batch, packed once as fp32 [B, D, tk_pad] (zero columns past Tk): the tiles
-  // below are plain pointers into it.
-  const int64_t tk_pad = (Tk + kTileK - 1) / kTileK * kTileK;
+  // K^T of every batch, packed once as fp32 tiles [B, num_tiles, D, kTileK] (zero columns past
+  // Tk): a tile is one contiguous 16 KB block (a [D, Tk] layout would put its rows Tk floats
+  // apart, all in one L1 set).
+  const int64_t num_tiles = (Tk + kTileK - 1) / kTileK, tk_pad = num_tiles * kTileK;
   std::vector<float> kt_all(static_cast<size_t>(B * D * tk_pad));
-  at::parallel_for(0, B * D, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t bd = begin; bd < end; ++bd) {
-      const int64_t b = bd / D, d = bd % D;
-      float* dst = kt_all.data() + bd * tk_pad;
-      for (int64_t j = 0; j < Tk; ++j)
-        dst[j] = load_value(p.k, p.dtype, b * p.k_stride_b + j * p.k_stride_t + d * p.k_stride_d);
-      std::fill(dst + Tk, dst + tk_pad, 0.0f);
+  at::parallel_for(0, B * num_tiles, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t bt = begin; bt < end; ++bt) {
+      const int64_t b = bt / num_tiles, j0 = bt % num_tiles * kTileK;
+      float* dst = kt_all.data() + bt * D * kTileK;
+      for (int64_t c = 0; c < kTileK; ++c) {
+        const int64_t j = j0 + c;
+        for (int64_t d = 0; d < D; ++d) {
+          dst[d * kTileK + c] =
+              j < Tk
+                  ? load_value(p.k, p.dtype, b * p.k_stride_b + j * p.k_stride_t + d * p.k_stride_d)
+                  : 0.0f;
+        }
+      }
     }
   });
 
   // Per-thread scratch: packed queries, weights, a score tile, the combined row, and per query
   // either a heap or a whole scored row (+ radix candidates).
   const int64_t f_q = rows_pad * D, f_w = rows_q * Hi, f_s = rows_pad * kTileK, f_comb = kTileK;
-  const int64_t f_rows = radix ? rows_q * tk_pad + tk_pad : rows_q * K;
+  const int64_t f_rows = radix ? rows_q * tk_pad + tk_pad : 0;
   const int64_t floats = f_q + f_w + f_s + f_comb + f_rows;
   const int num_threads = at::get_num_threads();
   std::vector<float> slab(static_cast<size_t>(floats * num_threads));
-  std::vector<int64_t> units(static_cast<size_t>(radix ? 0 : rows_q * K * num_threads));
+  std::vector<uint64_t> heap_keys(static_cast<size_t>(radix ? 0 : rows_q * K * num_threads));
 
   at::parallel_for(0, B * G * num_q_blocks, 1, [&](int64_t begin, int64_t end) {
     const int tid = at::get_thread_num();
@@ -79,8 +95,7 @@ static void index_topk_impl(const IndexTopkParams& p) {
     float* rows_or_heaps = comb + f_comb;
     std::vector<RowTopK> heaps(static_cast<size_t>(radix ? 0 : rows_q));
     for (size_t ii = 0; ii < heaps.size(); ++ii) {
-      heaps[ii].score = rows_or_heaps + ii * K;
-      heaps[ii].unit = units.data() + (tid * rows_q + ii) * K;
+      heaps[ii].key = heap_keys.data() + (tid * rows_q + ii) * K;
       heaps[ii].cap = K;
     }
 
@@ -107,20 +122,20 @@ static void index_topk_impl(const IndexTopkParams& p) {
       }
       std::fill(qs + rows * D, qs + rows_pad * D, 0.0f);
 
-      const float* kt_b = kt_all.data() + b * D * tk_pad;
+      const float* kt_b = kt_all.data() + b * D * tk_pad;  // tile j0 / kTileK at kt_b + j0 * D
       const int64_t hi = causal_limit(p, i0 + nq - 1);
       for (int64_t j0 = 0; j0 < hi; j0 += kTileK) {
         const int64_t width = std::min(kTileK, hi - j0);
         for (int64_t r = 0; r < rows_pad; r += kRowBlock) {
           for (int64_t c0 = 0; c0 < kTileK; c0 += kChunk)
-            score_micro<Vec::kColVecs>(qs + r * D, D, kt_b + j0 + c0, tk_pad, s + r * kTileK + c0);
+            score_micro<Vec::kColVecs>(qs + r * D, D, kt_b + j0 * D + c0, kTileK,
+                                       s + r * kTileK + c0);
         }
         for (int64_t ii = 0; ii < nq; ++ii) {
           const int64_t i = i0 + ii;
           const int64_t n = std::min(width, causal_limit(p, i) - j0);
           if (n <= 0) continue;
           float* out = radix ? rows_or_heaps + ii * tk_pad + j0 : comb;
-          typename Vec::reg tile_max = Vec::set1(kNegInf);
           for (int64_t c = 0; c < kTileK; c += Vec::kLanes) {
             typename Vec::reg acc = Vec::zero();
             for (int64_t h = 0; h < Hi; ++h) {
@@ -129,20 +144,30 @@ static void index_topk_impl(const IndexTopkParams& p) {
               acc = Vec::fma(Vec::set1(wr[ii * Hi + h]), x, acc);
             }
             Vec::store(out + c, acc);
-            tile_max = Vec::max(tile_max, acc);
           }
-          // A whole tile at or below the heap's threshold cannot enter (the common case once
-          // the heap is full): skip the per-key scan. Masked keys only lower the scores.
-          if (!radix && n == kTileK && Vec::reduce_max(tile_max) <= heaps[ii].threshold() &&
-              p.block_size == 1)
-            continue;
           if (p.maybe_keep != nullptr) {
             const uint8_t* keep = p.maybe_keep + b * p.keep_stride_b + i * p.keep_stride_q;
             for (int64_t c = 0; c < n; ++c) {
               if (keep[(j0 + c) * p.keep_stride_k] == 0) out[c] = kNegInf;
             }
           }
-          if (!radix) heaps[ii].offer(comb, n, j0, p.block_size);
+          if (radix) continue;
+          if (p.block_size > 1) {
+            heaps[ii].offer(comb, n, j0, p.block_size);
+            continue;
+          }
+          // Keys: a vector compare against the heap's threshold finds the few lanes that may
+          // enter (the threshold only rises, so a lane that fails stays out).
+          RowTopK& heap = heaps[ii];
+          for (int64_t c = 0; c < n; c += Vec::kLanes) {
+            uint32_t lanes = above_mask(Vec::load(comb + c), heap.threshold());
+            if (n - c < Vec::kLanes) lanes &= (1u << (n - c)) - 1;
+            while (lanes != 0) {
+              const int lane = __builtin_ctz(lanes);
+              lanes &= lanes - 1;
+              if (comb[c + lane] > heap.threshold()) heap.push(comb[c + lane], j0 + c + lane);
+            }
+          }
         }
       }
       for (int64_t ii = 0; ii < nq; ++ii) {

@@ -16,11 +16,11 @@ void index_topk_reference(const IndexTopkParams& p) {
   const int64_t G = p.num_groups, Tq = p.seq_len_q, Hi = p.num_heads, D = p.head_dim;
   const int64_t K = p.top_k;
   at::parallel_for(0, p.batch_size * G * Tq, 16, [&](int64_t begin, int64_t end) {
-    std::vector<float> scores(static_cast<size_t>(p.seq_len_kv)), heap_scores(K);
-    std::vector<int64_t> heap_units(K);
+    std::vector<float> scores(static_cast<size_t>(p.seq_len_kv));
+    std::vector<uint64_t> heap_keys(K);
     std::vector<uint32_t> candidates(static_cast<size_t>(p.seq_len_kv));
     RowTopK heap;
-    heap.score = heap_scores.data(), heap.unit = heap_units.data(), heap.cap = K;
+    heap.key = heap_keys.data(), heap.cap = K;
     for (int64_t row = begin; row < end; ++row) {
       const int64_t b = row / (G * Tq), g = (row / Tq) % G, i = row % Tq;
       const int64_t hi = causal_limit(p, i);

@@ -20,37 +20,52 @@ namespace {
 
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
+// Order-preserving map of a float to uint32 (larger float, larger key; -0 below +0).
+static inline uint32_t radix_key(float x) {
+  uint32_t bits;
+  std::memcpy(&bits, &x, sizeof(bits));
+  return (bits & 0x80000000u) ? ~bits : (bits | 0x80000000u);
+}
+
+// The inverse of radix_key.
+static inline float radix_value(uint32_t key) {
+  const uint32_t bits = (key & 0x80000000u) ? (key & 0x7fffffffu) : ~key;
+  float x;
+  std::memcpy(&x, &bits, sizeof(x));
+  return x;
+}
+
 struct RowTopK {
-  float* score = nullptr;  // [cap] heap storage
-  int64_t* unit = nullptr;
+  // [cap] min-heap of packed (score, unit) keys: radix_key(score) in the high half, ~unit in the
+  // low half, so one integer compare ranks by score, then earlier unit first.
+  uint64_t* key = nullptr;
   int64_t cap = 0, size = 0;
+  // The root's score once the heap is full (-inf before).
+  float thr = kNegInf;
   // Units of more than one key: the running max of the unit being scanned.
   int64_t open_unit = -1;
   float open_max = kNegInf;
 
-  // (a_s, a_u) ranks below (b_s, b_u).
-  static bool worse(float a_s, int64_t a_u, float b_s, int64_t b_u) {
-    return a_s < b_s || (a_s == b_s && a_u > b_u);
-  }
-
   void reset() {
     size = 0;
+    thr = kNegInf;
     open_unit = -1;
     open_max = kNegInf;
   }
 
   // A later unit enters only with a score strictly above this.
-  float threshold() const { return size < cap ? kNegInf : score[0]; }
+  float threshold() const { return thr; }
 
   // Adds (s, u) with s > threshold(); u is later than every unit seen so far.
   void push(float s, int64_t u) {
+    const uint64_t k = (uint64_t{radix_key(s)} << 32) | static_cast<uint32_t>(~u);
     int64_t n;
     if (size < cap) {
       n = size++;
       while (n > 0) {  // sift up
         const int64_t parent = (n - 1) / 2;
-        if (!worse(s, u, score[parent], unit[parent])) break;
-        score[n] = score[parent], unit[n] = unit[parent];
+        if (key[parent] <= k) break;
+        key[n] = key[parent];
         n = parent;
       }
     } else {
@@ -58,14 +73,14 @@ struct RowTopK {
       for (;;) {  // sift down from the root
         int64_t child = 2 * n + 1;
         if (child >= size) break;
-        if (child + 1 < size && worse(score[child + 1], unit[child + 1], score[child], unit[child]))
-          ++child;
-        if (!worse(score[child], unit[child], s, u)) break;
-        score[n] = score[child], unit[n] = unit[child];
+        if (child + 1 < size && key[child + 1] < key[child]) ++child;
+        if (key[child] >= k) break;
+        key[n] = key[child];
         n = child;
       }
     }
-    score[n] = s, unit[n] = u;
+    key[n] = k;
+    if (size == cap) thr = radix_value(static_cast<uint32_t>(key[0] >> 32));
   }
 
   // Scores of n consecutive keys starting at key j0, in units of block_size keys.
@@ -100,18 +115,11 @@ struct RowTopK {
   // out[0:cap_out] <- the kept units ascending, then -1.
   void write(int64_t* out, int64_t cap_out) {
     close_unit();
-    std::copy(unit, unit + size, out);
+    for (int64_t n = 0; n < size; ++n) out[n] = ~static_cast<uint32_t>(key[n]);
     std::sort(out, out + size);
     std::fill(out + size, out + cap_out, int64_t{-1});
   }
 };
-
-// Order-preserving map of a float to uint32 (larger float, larger key; -0 below +0).
-static inline uint32_t radix_key(float x) {
-  uint32_t bits;
-  std::memcpy(&bits, &x, sizeof(bits));
-  return (bits & 0x80000000u) ? ~bits : (bits | 0x80000000u);
-}
 
 // The top K of s[0:n] by radix select, for long lists (K in the hundreds and more), where a heap
 // would pay log K per entering key: a histogram of the top 11 key bits finds the bin holding the
