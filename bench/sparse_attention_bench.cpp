@@ -185,7 +185,9 @@ int main(int argc, char** argv) {
     const double dense_flops = attention_flops(T, [](int64_t t) { return t + 1.0; });
     const Measure mha = measure(argv[0], "dense_mha", T, reps, false);
     const Measure gqa = measure(argv[0], "dense_gqa2", T, reps, false);
-    auto row = [&](const std::string& name, const Measure& m, const Measure* dense, double ideal) {
+    // `label` names the row; `name` is the case (also run on the reference backend up to ref_max).
+    auto row = [&](const std::string& label, const std::string& name, const Measure& m,
+                   const Measure* dense, double ideal) {
       char ref_s[16] = "-", ref_mb[16] = "-", ratio[16] = "-", ideal_s[16] = "-", target[16] = "-";
       if (dense != nullptr) {
         std::snprintf(ratio, sizeof(ratio), "%.2f", dense->attn() / m.attn());
@@ -198,19 +200,20 @@ int main(int argc, char** argv) {
           std::snprintf(ref_mb, sizeof(ref_mb), "%.0f", ref.peak);
         }
       }
-      std::printf("%-14s %6lld %9.3f %8.3f %8.0f %9s %9s %9s %7s %8s\n", name.c_str(),
+      std::printf("%-14s %6lld %9.3f %8.3f %8.0f %9s %9s %9s %7s %8s\n", label.c_str(),
                   static_cast<long long>(T), m.module, m.attn(), m.peak, ref_s, ref_mb, ratio,
                   ideal_s, target);
       std::fflush(stdout);
     };
-    row("dense_mha", mha, nullptr, 0);
+    row("dense_mha", "dense_mha", mha, nullptr, 0);
     for (int64_t top_k : {64, 256, 2048}) {
       const std::string name = "dsa_top" + std::to_string(top_k);
       // indexer: 4 heads of 64 over the causal half plus the head-weighted sum
       const double indexer = (2.0 * 4 * 64 + 2.0 * 4) * T * (T + 1) / 2;
       const double sparse =
           attention_flops(T, [&](int64_t t) { return std::min<double>(t + 1, top_k); });
-      row(name, measure(argv[0], name, T, reps, false), &mha, dense_flops / (sparse + indexer));
+      row(name, name, measure(argv[0], name, T, reps, false), &mha,
+          dense_flops / (sparse + indexer));
     }
     {
       // CSA defaults: compression 4, top 16 entries + a raw window of 64; one shared KV head.
@@ -224,16 +227,16 @@ int main(int argc, char** argv) {
       });
       Measure dense_module = mha;
       dense_module.proj = -1;
-      row("csa(module)", measure(argv[0], "csa", T, reps, false), &dense_module,
+      row("csa(module)", "csa", measure(argv[0], "csa", T, reps, false), &dense_module,
           dense_flops / (sparse + indexer));
     }
-    row("dense_gqa2", gqa, nullptr, 0);
+    row("dense_gqa2", "dense_gqa2", gqa, nullptr, 0);
     // MiniMax defaults: 16 blocks of 128 plus the current block; indexer 2 groups of 128
     const int64_t bs = 128, top = 16;
     const double indexer = 2.0 * kGroups * kHeadDim * T * (T + 1) / 2;
     const double sparse = attention_flops(
         T, [&](int64_t t) { return std::min<double>(t + 1, top * bs + t % bs + 1); });
-    row("minimax", measure(argv[0], "minimax", T, reps, false), &gqa,
+    row("minimax", "minimax", measure(argv[0], "minimax", T, reps, false), &gqa,
         dense_flops / (sparse + indexer));
   }
   return 0;

@@ -258,7 +258,12 @@ GatherAttentionResult gather_attention(const torch::Tensor& q,
   // Function::apply cannot take an undefined tensor (LibTorch 1.13): empty placeholders.
   torch::Tensor w = weights.defined() ? weights : torch::empty({0});
   torch::Tensor sinks = o.sinks().defined() ? o.sinks() : torch::empty({0});
-  auto r = GatherAttentionFunction::apply(q, k, v, w, sinks, config);
+  // Key and value rows far apart (views of a fused qkv projection) would cost a TLB miss per
+  // gathered row: the kernels read a packed copy (autograd routes the gradient through it).
+  auto packed = [](const torch::Tensor& t) {
+    return t.stride(2) == t.size(3) ? t : t.contiguous();
+  };
+  auto r = GatherAttentionFunction::apply(q, packed(k), packed(v), w, sinks, config);
   return GatherAttentionResult{r[0], r[1]};
 }
 

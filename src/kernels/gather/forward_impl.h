@@ -43,6 +43,24 @@ static inline float fold_sink(float sink, float& m, float& l) {
   return factor;
 }
 
+// acc[0:NV*L] += sum_n p[n] v[keys[n] * stride + 0:NV*L], the accumulator held in registers.
+template <int NV>
+static inline void pv_segment(const float* v,
+                              int64_t stride,
+                              const int64_t* keys,
+                              int64_t n_seg,
+                              const float* p,
+                              float* acc) {
+  typename Vec::reg a[NV];
+  for (int c = 0; c < NV; ++c) a[c] = Vec::load(acc + c * Vec::kLanes);
+  for (int64_t n = 0; n < n_seg; ++n) {
+    const typename Vec::reg pv = Vec::set1(p[n]);
+    const float* row = v + keys[n] * stride;
+    for (int c = 0; c < NV; ++c) a[c] = Vec::fma(pv, Vec::load(row + c * Vec::kLanes), a[c]);
+  }
+  for (int c = 0; c < NV; ++c) Vec::store(acc + c * Vec::kLanes, a[c]);
+}
+
 // Queries per work item and the least keys per chunk. A work item walks the key axis chunk by
 // chunk and, per chunk, serves every query of the item its listed keys in that chunk: the
 // chunk's K and V rows (512 x (D + Dv) floats = 512 KB at D = Dv = 128) are fetched from memory
@@ -202,19 +220,28 @@ static void gather_forward_impl(const GatherParams& p) {
             lg = lg * alpha + Vec::reduce_add(vsum);
             mg = m_new;
           }
-          // acc[g] += p[g, n] v[keys_n]
-          for (int64_t n = 0; n < n_seg; ++n) {
-            const int64_t off = v_base + keys[n] * p.v_stride_t;
-            const float* vr = static_cast<const float*>(p.v) + off;
-            if (!v_in_place) {
-              load_row(p.v, p.dtype, off, p.v_stride_d, Dv, dv_pad, vrow);
-              vr = vrow;
-            }
+          // acc[g] += p[g, n] v[keys_n]: in place, the accumulator stays in registers over the
+          // segment (NV vectors at a time); widened rows go through scratch one key at a time.
+          if (v_in_place) {
+            const float* v0 = static_cast<const float*>(p.v) + v_base;
             for (int64_t g = 0; g < G; ++g) {
-              const typename Vec::reg pv = Vec::set1(s[g * (K + L) + n]);
+              const float* sg = s + g * (K + L);
               float* ag = acc + (qi * G + g) * dv_pad;
-              for (int64_t e = 0; e < dv_pad; e += L)
-                Vec::store(ag + e, Vec::fma(pv, Vec::load(vr + e), Vec::load(ag + e)));
+              int64_t e = 0;
+              for (; e + 8 * L <= Dv; e += 8 * L)
+                pv_segment<8>(v0 + e, p.v_stride_t, keys, n_seg, sg, ag + e);
+              for (; e < Dv; e += L) pv_segment<1>(v0 + e, p.v_stride_t, keys, n_seg, sg, ag + e);
+            }
+          } else {
+            for (int64_t n = 0; n < n_seg; ++n) {
+              load_row(p.v, p.dtype, v_base + keys[n] * p.v_stride_t, p.v_stride_d, Dv, dv_pad,
+                       vrow);
+              for (int64_t g = 0; g < G; ++g) {
+                const typename Vec::reg pv = Vec::set1(s[g * (K + L) + n]);
+                float* ag = acc + (qi * G + g) * dv_pad;
+                for (int64_t e = 0; e < dv_pad; e += L)
+                  Vec::store(ag + e, Vec::fma(pv, Vec::load(vrow + e), Vec::load(ag + e)));
+              }
             }
           }
         }
