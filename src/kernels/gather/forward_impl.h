@@ -66,14 +66,17 @@ static inline void pv_segment(const float* v,
 // chunk's K and V rows (512 x (D + Dv) floats = 512 KB at D = Dv = 128) are fetched from memory
 // once and reused from L2 by all the queries that list them, instead of once per query. Short
 // lists get longer chunks (about 2 L keys per query and chunk): a segment has fixed costs.
-constexpr int64_t kQueriesPerItem = 64;
+// Queries per item: about kListEntriesPerItem list entries, within [64, 512] queries.
+constexpr int64_t kListEntriesPerItem = 65536;
 constexpr int64_t kMinChunkKeys = 512;
 
 static void gather_forward_impl(const GatherParams& p) {
   const int64_t Hq = p.num_heads_q, Hkv = p.num_heads_kv, G = Hq / Hkv, Tq = p.seq_len_q;
   const int64_t K = p.num_keys, D = p.head_dim, Dv = p.head_dim_v;
   const int64_t d_pad = round_up_lanes(D), dv_pad = round_up_lanes(Dv);
-  const int64_t QB = std::min(Tq, kQueriesPerItem);
+  const int64_t QB = std::min(
+      Tq,
+      std::min<int64_t>(512, std::max<int64_t>(64, kListEntriesPerItem / std::max<int64_t>(1, K))));
   const int64_t num_q_blocks = (Tq + QB - 1) / QB;
   constexpr float kNegInf = -std::numeric_limits<float>::infinity();
   constexpr int L = Vec::kLanes;
