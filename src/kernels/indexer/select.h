@@ -129,28 +129,35 @@ struct RowTopK {
 // `cand` is scratch for n uint32 pairs.
 static void radix_top_k(
     const float* s, int64_t n, int64_t K, int64_t cap_out, uint32_t* cand, int64_t* out) {
-  int64_t eligible = 0;
-  for (int64_t j = 0; j < n; ++j) eligible += s[j] > kNegInf;  // false for NaN
+  // One pass: the keys of the eligible entries and the histogram of their top 11 bits.
+  int64_t hist[2048] = {0};
+  int64_t m = 0;  // candidates (keys matching the digits found so far), in cand[0:m]
+  for (int64_t j = 0; j < n; ++j) {
+    if (!(s[j] > kNegInf)) continue;  // -inf and NaN
+    const uint32_t key = radix_key(s[j]);
+    cand[m++] = key;
+    ++hist[key >> 21];
+  }
   int64_t taken = 0;
-  if (eligible <= K) {
+  if (m <= K) {
     for (int64_t j = 0; j < n; ++j)
       if (s[j] > kNegInf) out[taken++] = j;
     std::fill(out + taken, out + cap_out, int64_t{-1});
     return;
   }
-  // Digits of 11, 11 and 10 bits, most significant first. `prefix` holds the digits found.
+  // Digits of 11, 11 and 10 bits, most significant first; `prefix` holds the digits found and
+  // `need` how many of the entries matching it are still to keep.
   uint32_t prefix = 0;
-  int64_t need = K;  // how many of the entries matching `prefix` are still to keep
-  int64_t m = 0;     // candidates (keys matching the prefix so far), in cand[0:m]
-  for (int64_t j = 0; j < n; ++j)
-    if (s[j] > kNegInf) cand[m++] = radix_key(s[j]);
+  int64_t need = K;
   const int shifts[3] = {21, 10, 0};
   const int widths[3] = {11, 11, 10};
   for (int level = 0; level < 3; ++level) {
     const int shift = shifts[level];
     const uint32_t mask = (1u << widths[level]) - 1;
-    int64_t hist[2048] = {0};
-    for (int64_t c = 0; c < m; ++c) ++hist[(cand[c] >> shift) & mask];
+    if (level > 0) {
+      std::fill(hist, hist + 2048, int64_t{0});
+      for (int64_t c = 0; c < m; ++c) ++hist[(cand[c] >> shift) & mask];
+    }
     int64_t above = 0;
     uint32_t digit = mask;
     for (;; --digit) {
@@ -159,6 +166,7 @@ static void radix_top_k(
     }
     need -= above;
     prefix |= digit << shift;
+    if (level == 2) break;
     int64_t kept = 0;
     for (int64_t c = 0; c < m; ++c)
       if (((cand[c] >> shift) & mask) == digit) cand[kept++] = cand[c];
