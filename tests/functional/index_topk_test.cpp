@@ -72,6 +72,20 @@ TEST(IndexTopk, BlockSelectionMatchesReference) {
   }
 }
 
+TEST(IndexTopk, LargeBlocksMatchReference) {
+  // Blocks of 64 and 128 keys (whole key tiles, scored by vector maxima), a partial tail block,
+  // causal and masked rows.
+  IndexInputs in = make(1, 2, 300, 1, 32, 700);
+  torch::Tensor mask = torch::rand({300, 700}) < 0.8;
+  for (int64_t bs : {64, 128}) {
+    for (int64_t top_k : {1, 3, 16}) {
+      auto o = IndexTopkOptions().top_k(top_k).relu(false).block_size(bs);
+      expect_matches_reference(in, false, IndexTopkOptions(o).causal(true));
+      expect_matches_reference(in, false, IndexTopkOptions(o).mask(mask));
+    }
+  }
+}
+
 TEST(IndexTopk, MaskedKeysAreNeverSelectedAndEmptyRowsAreMinusOne) {
   IndexInputs in = make(2, 2, 70, 3, 8, 70);
   torch::Tensor mask = torch::rand({2, 70, 70}) < 0.5;

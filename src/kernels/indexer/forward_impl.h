@@ -153,7 +153,15 @@ static void index_topk_impl(const IndexTopkParams& p) {
           }
           if (radix) continue;
           if (p.block_size > 1) {
-            heaps[ii].offer(comb, n, j0, p.block_size);
+            if (n == kTileK && p.block_size % kTileK == 0) {
+              // The whole tile lies in one unit: its max by vectors.
+              typename Vec::reg mx = Vec::load(comb);
+              for (int64_t c = Vec::kLanes; c < kTileK; c += Vec::kLanes)
+                mx = Vec::max(mx, Vec::load(comb + c));
+              heaps[ii].offer_unit_max(Vec::reduce_max(mx), j0 / p.block_size);
+            } else {
+              heaps[ii].offer(comb, n, j0, p.block_size);
+            }
             continue;
           }
           // Keys: a vector compare against the heap's threshold finds the few lanes that may

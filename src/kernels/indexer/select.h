@@ -95,14 +95,17 @@ struct RowTopK {
       }
       return;
     }
-    for (int64_t c = 0; c < n; ++c) {
-      const int64_t u = (j0 + c) / block_size;
-      if (u != open_unit) {
-        close_unit();
-        open_unit = u;
-      }
-      open_max = std::max(open_max, s[c]);  // std::max keeps open_max when s[c] is NaN
+    // std::max keeps open_max when s[c] is NaN
+    for (int64_t c = 0; c < n; ++c) offer_unit_max(s[c], (j0 + c) / block_size);
+  }
+
+  // The max score of some keys of unit u (u not earlier than the unit being scanned).
+  void offer_unit_max(float mx, int64_t u) {
+    if (u != open_unit) {
+      close_unit();
+      open_unit = u;
     }
+    open_max = std::max(open_max, mx);
   }
 
   // Offers the unit being scanned, if any.
