@@ -6,6 +6,8 @@
 
 #include <torch/torch.h>
 
+#include <limits>
+
 namespace attnkit {
 namespace functional {
 
@@ -35,6 +37,8 @@ void check_gather_inputs(const char* fn,
     TORCH_CHECK(lo >= -1 && hi < k.size(2), fn, ": expected indices in [-1, Tk) = [-1, ", k.size(2),
                 "), got values in [", lo, ", ", hi, "]");
   }
+  TORCH_CHECK(k.size(2) <= std::numeric_limits<int32_t>::max(), fn,
+              ": expected at most 2^31 - 1 keys, got Tk = ", k.size(2));
   if (weights.defined()) {
     TORCH_CHECK(weights.sizes() == indices.sizes(), fn,
                 ": expected weights of the shape of indices ", indices.sizes(), ", got ",

@@ -47,7 +47,7 @@ static inline float fold_sink(float sink, float& m, float& l) {
 template <int NV>
 static inline void pv_segment(const float* v,
                               int64_t stride,
-                              const int64_t* keys,
+                              const int32_t* keys,
                               int64_t n_seg,
                               const float* p,
                               float* acc) {
@@ -89,13 +89,16 @@ static void gather_forward_impl(const GatherParams& p) {
   const bool v_in_place = p.dtype == FlashDtype::kFloat32 && p.v_stride_d == 1 && Dv % L == 0;
   // Per-thread scratch (floats): the item's query rows and accumulators, row max and denominator,
   // scores of one segment, a block of L key rows, the L x L accumulator tile and its transpose,
-  // one value row, a zero row, and each query's list bucketed by chunk (keys, weights).
+  // one value row, a zero row, and each query's list bucketed by chunk: keys (int32, to keep
+  // the lists small next to the chunk's rows in L2), weights when given, chunk starts.
   const int64_t rows = QB * G;
+  const int64_t f_weights = p.maybe_weights ? QB * K + L : 0;
   const int64_t f_per_thread = rows * d_pad + rows * dv_pad + 2 * rows + G * (K + L) + L * d_pad +
-                               2 * L * L + dv_pad + d_pad + QB * K + L;
-  const int64_t i_per_thread = QB * K + QB * (num_chunks + 1);
+                               2 * L * L + dv_pad + d_pad + f_weights;
+  const int64_t i_per_thread = QB * (num_chunks + 1);
   const int num_threads = at::get_num_threads();
   std::vector<float> slab(static_cast<size_t>(f_per_thread * num_threads));
+  std::vector<int32_t> kslab(static_cast<size_t>(QB * K * num_threads));
   std::vector<int64_t> islab(static_cast<size_t>(i_per_thread * num_threads));
 
   at::parallel_for(0, p.batch_size * Hkv * num_q_blocks, 1, [&](int64_t begin, int64_t end) {
@@ -109,9 +112,9 @@ static void gather_forward_impl(const GatherParams& p) {
     float* tile = kblock + L * d_pad;
     float* vrow = tile + 2 * L * L;
     float* zero_row = vrow + dv_pad;
-    float* wsorted = zero_row + d_pad;                     // [QB, K] (+ L: vector tail reads)
-    int64_t* ksorted = islab.data() + i_per_thread * tid;  // [QB, K]
-    int64_t* starts = ksorted + QB * K;                    // [QB, num_chunks + 1]
+    float* wsorted = zero_row + d_pad;               // [QB, K] (+ L: vector tail reads) or none
+    int32_t* ksorted = kslab.data() + QB * K * tid;  // [QB, K]
+    int64_t* starts = islab.data() + i_per_thread * tid;  // [QB, num_chunks + 1]
     fill_floats(zero_row, zero_row + d_pad, 0.0f);
 
     for (int64_t item = begin; item < end; ++item) {
@@ -147,8 +150,8 @@ static void gather_forward_impl(const GatherParams& p) {
         for (int64_t n = 0; n < K; ++n) {
           if (idx[n] < 0 || (w != nullptr && w[n] <= 0.0f)) continue;
           const int64_t slot = qi * K + fill[idx[n] / chunk_keys]++;
-          ksorted[slot] = idx[n];
-          wsorted[slot] = w ? w[n] : 1.0f;
+          ksorted[slot] = static_cast<int32_t>(idx[n]);
+          if (w != nullptr) wsorted[slot] = w[n];
         }
         // fill[c] now holds the end of chunk c = the start of chunk c + 1: shift back.
         for (int64_t c = num_chunks; c > 0; --c) st[c] = st[c - 1];
@@ -160,8 +163,8 @@ static void gather_forward_impl(const GatherParams& p) {
           const int64_t* st = starts + qi * (num_chunks + 1);
           const int64_t n_seg = st[chunk + 1] - st[chunk];
           if (n_seg == 0) continue;
-          const int64_t* keys = ksorted + qi * K + st[chunk];
-          const float* wk = wsorted + qi * K + st[chunk];
+          const int32_t* keys = ksorted + qi * K + st[chunk];
+          const float* wk = p.maybe_weights ? wsorted + qi * K + st[chunk] : nullptr;
           // s[g, n] = scale * q_g . k[keys_n], L keys at a time: one accumulator vector per key,
           // reduced for the L keys together by one transpose.
           for (int64_t n0 = 0; n0 < n_seg; n0 += L) {
@@ -211,8 +214,8 @@ static void gather_forward_impl(const GatherParams& p) {
             const typename Vec::reg vm = Vec::set1(m_new);
             typename Vec::reg vsum = Vec::zero();
             for (int64_t n = 0; n < n_seg; n += L) {
-              typename Vec::reg e =
-                  Vec::mul(Vec::exp(Vec::sub(Vec::load(sg + n), vm)), Vec::load(wk + n));
+              typename Vec::reg e = Vec::exp(Vec::sub(Vec::load(sg + n), vm));
+              if (wk != nullptr) e = Vec::mul(e, Vec::load(wk + n));
               Vec::store(sg + n, e);
               if (n + L > n_seg) {  // the tail lanes are past the segment: drop them
                 for (int64_t c = n_seg - n; c < L; ++c) sg[n + c] = 0.0f;
