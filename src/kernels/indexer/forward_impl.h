@@ -9,32 +9,12 @@
 // so the [Tq, Tk] score matrix never exists: per thread the working set is the packed queries,
 // one key tile and one score tile, all in L1/L2.
 
-// Keys per tile; rows of the micro-kernel.
-constexpr int64_t kTileK = 64;
-constexpr int64_t kRowBlock = 4;
+// The tile width kBlockK (64 keys), kRowBlock and qk_micro come from the flash kernels.
+#include "kernels/flash/qk_micro_impl.h"
+
+constexpr int64_t kTileK = kBlockK;
 // Rows (queries x heads) per work item.
 constexpr int64_t kRowsPerItem = 64;
-static_assert(kTileK % (Vec::kLanes * Vec::kColVecs) == 0, "kTileK must be whole column chunks");
-
-// S[0:4, 0:C*L] <- Q[0:4, 0:D] Kt[0:D, 0:C*L]; Q rows have stride D, Kt stride ldk, S stride
-// kTileK.
-template <int C>
-static inline void score_micro(
-    const float* q, int64_t head_dim, const float* kt, int64_t ldk, float* s) {
-  typename Vec::reg acc[kRowBlock][C];
-  for (int r = 0; r < kRowBlock; ++r)
-    for (int c = 0; c < C; ++c) acc[r][c] = Vec::zero();
-  for (int64_t d = 0; d < head_dim; ++d) {
-    typename Vec::reg kv[C];
-    for (int c = 0; c < C; ++c) kv[c] = Vec::load(kt + d * ldk + c * Vec::kLanes);
-    for (int r = 0; r < kRowBlock; ++r) {
-      const typename Vec::reg qv = Vec::set1(q[r * head_dim + d]);
-      for (int c = 0; c < C; ++c) acc[r][c] = Vec::fma(qv, kv[c], acc[r][c]);
-    }
-  }
-  for (int r = 0; r < kRowBlock; ++r)
-    for (int c = 0; c < C; ++c) Vec::store(s + r * kTileK + c * Vec::kLanes, acc[r][c]);
-}
 
 // Bit c set where lane c of x is greater than t (false for NaN).
 static inline uint32_t above_mask(typename Vec::reg x, float t) {
@@ -128,8 +108,7 @@ static void index_topk_impl(const IndexTopkParams& p) {
         const int64_t width = std::min(kTileK, hi - j0);
         for (int64_t r = 0; r < rows_pad; r += kRowBlock) {
           for (int64_t c0 = 0; c0 < kTileK; c0 += kChunk)
-            score_micro<Vec::kColVecs>(qs + r * D, D, kt_b + j0 * D + c0, kTileK,
-                                       s + r * kTileK + c0);
+            qk_micro<Vec::kColVecs>(qs + r * D, D, kt_b + j0 * D + c0, s + r * kTileK + c0);
         }
         for (int64_t ii = 0; ii < nq; ++ii) {
           const int64_t i = i0 + ii;
