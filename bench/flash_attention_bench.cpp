@@ -11,6 +11,8 @@
 #include <benchmark/benchmark.h>
 #include <torch/torch.h>
 
+#include <malloc.h>
+
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
@@ -410,6 +412,14 @@ int main(int argc, char** argv) {
   int cores = static_cast<int>(std::thread::hardware_concurrency());
   if (const char* env = std::getenv("ATTNKIT_BENCH_THREADS")) cores = std::max(1, std::atoi(env));
   torch::set_num_threads(cores);
+  // Recycle freed blocks instead of returning them to the OS: glibc hands out blocks over 32 MB
+  // as fresh mmaps, so every iteration's output (33 MB at T16384, H8, D64) would be faulted in
+  // and zeroed by the kernel (14% of the sliding-window case), as no serving process with a
+  // caching allocator pays. ATTNKIT_BENCH_FRESH_PAGES=1 keeps glibc's default.
+  if (std::getenv("ATTNKIT_BENCH_FRESH_PAGES") == nullptr) {
+    mallopt(M_MMAP_THRESHOLD, 1 << 30);
+    mallopt(M_TRIM_THRESHOLD, 1 << 30);
+  }
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
   MedianReporter reporter;

@@ -212,12 +212,18 @@ struct SoftmaxState {
 };
 
 // Per-thread scratch, carved out of one buffer allocated before the parallel region.
+// Packed K/V tiles kept per thread, and what each slot holds (bh = -1: nothing).
+constexpr int kTileSlots = 8;
+struct TileTag {
+  int64_t bh = -1, j0 = -1, width = -1;
+};
+
 struct Scratch {
   float* q = nullptr;             // [rows_pad, D]      scaled query panel
   float* o = nullptr;             // [rows_pad, Dv_pad] output accumulator
   float* s = nullptr;             // [rows_pad, kBlockK] logits, then probabilities
-  float* kt = nullptr;            // [D, kBlockK]       packed, transposed key tile
-  float* vs = nullptr;            // [kBlockK, Dv_pad]  packed value tile
+  float* kt = nullptr;            // kTileSlots x [D, kBlockK]       packed, transposed key tiles
+  float* vs = nullptr;            // kTileSlots x [kBlockK, Dv_pad]  packed value tiles
   SoftmaxState* state = nullptr;  // [rows_pad]
   ColRange* cols = nullptr;       // [rows_pad / kRowBlock] column range of each row block
   uint8_t* modes = nullptr;       // [G, num_kv_blocks] block-mask modes
@@ -258,8 +264,9 @@ static void forward_impl(const FlashParams& p) {
   // Scratch: one padded slab per thread (64-byte aligned pieces).
   auto pad16 = [](int64_t n) { return round_up(n, 16); };
   const int64_t floats_q = pad16(rows_pad * D), floats_o = pad16(rows_pad * dv_pad);
-  const int64_t floats_s = pad16(rows_pad * kBlockK), floats_kt = pad16(D * kBlockK);
-  const int64_t floats_vs = pad16(kBlockK * dv_pad);
+  const int64_t floats_s = pad16(rows_pad * kBlockK);
+  const int64_t floats_kt = kTileSlots * pad16(D * kBlockK);
+  const int64_t floats_vs = kTileSlots * pad16(kBlockK * dv_pad);
   const int64_t floats_state = pad16(rows_pad * 2);
   const int64_t floats_cols = pad16(rows_pad / kRowBlock * 4);  // two int64 per row block
   const int64_t floats_modes = pad16(ceil_div(G * num_kv_blocks, 4));
@@ -293,7 +300,13 @@ static void forward_impl(const FlashParams& p) {
   // first: under causal masks the largest items are claimed first (the threads finish
   // together), and consecutive items share most of their K/V tiles, still in cache (a window
   // of 256 keys visits 5 tiles per q block, 4 of them the previous block's).
+  // A claim is up to 8 consecutive items (fewer when there are not 8 claims per thread, and 1
+  // with split-KV), so one thread walks consecutive q blocks and their shared tiles stay in its
+  // own L2: with single-item claims two threads alternate blocks and each reloads most tiles.
   const int64_t num_items = base_items * num_splits;
+  const int64_t claim =
+      num_splits > 1 ? 1
+                     : std::max<int64_t>(1, std::min<int64_t>(8, num_items / (8 * num_threads)));
   std::atomic<int64_t> next_item{0};
   at::parallel_for(0, num_threads, 1, [&](int64_t, int64_t) {
     const int tid = at::get_thread_num();
@@ -307,158 +320,174 @@ static void forward_impl(const FlashParams& p) {
     sc.state = reinterpret_cast<SoftmaxState*>(sc.vs + floats_vs);
     sc.cols = reinterpret_cast<ColRange*>(sc.vs + floats_vs + floats_state);
     sc.modes = reinterpret_cast<uint8_t*>(sc.vs + floats_vs + floats_state + floats_cols);
+    TileTag tags[kTileSlots];
+    int64_t next_slot = 0;
 
-    for (int64_t item = next_item++; item < num_items; item = next_item++) {
-      const int64_t split = item % num_splits, base_item = item / num_splits;
-      const int64_t bh = base_item / num_q_blocks, t = base_item % num_q_blocks;
-      const int64_t qb = num_q_blocks - 1 - t;
-      const int64_t b = bh / Hkv, hkv = bh % Hkv;
-      const int64_t i0 = qb * rows_q;
-      const int64_t nq = std::min(rows_q, Tq - i0);  // queries per head in this block
-      const int64_t rows = G * nq;
-      const int64_t rpad = round_up(rows, kRowBlock);
+    for (int64_t first = next_item.fetch_add(claim); first < num_items;
+         first = next_item.fetch_add(claim)) {
+      for (int64_t item = first; item < std::min(num_items, first + claim); ++item) {
+        const int64_t split = item % num_splits, base_item = item / num_splits;
+        const int64_t bh = base_item / num_q_blocks, t = base_item % num_q_blocks;
+        const int64_t qb = num_q_blocks - 1 - t;
+        const int64_t b = bh / Hkv, hkv = bh % Hkv;
+        const int64_t i0 = qb * rows_q;
+        const int64_t nq = std::min(rows_q, Tq - i0);  // queries per head in this block
+        const int64_t rows = G * nq;
+        const int64_t rpad = round_up(rows, kRowBlock);
 
-      // Pointers.
-      const int64_t k_off = b * p.k_stride_b + hkv * p.k_stride_h;
-      const int64_t v_off = b * p.v_stride_b + hkv * p.v_stride_h;
+        // Pointers.
+        const int64_t k_off = b * p.k_stride_b + hkv * p.k_stride_h;
+        const int64_t v_off = b * p.v_stride_b + hkv * p.v_stride_h;
 
-      // Q panel: Qs[r, d] = scale * q[b, h, i, d]; padded rows zero.
-      for (int64_t r = 0; r < rows; ++r) {
-        const int64_t h = hkv * G + r / nq, i = i0 + r % nq;
-        const int64_t off = b * p.q_stride_b + h * p.q_stride_h + i * p.q_stride_t;
-        float* dst = sc.q + r * D;
-        if (p.dtype == FlashDtype::kFloat32 && p.q_stride_d == 1) {
-          const float* src = static_cast<const float*>(p.q) + off;
-          for (int64_t d = 0; d < D; ++d) dst[d] = p.scale * src[d];
-        } else {
-          for (int64_t d = 0; d < D; ++d)
-            dst[d] = p.scale * load_elem(p.q, p.dtype, off + d * p.q_stride_d);
-        }
-      }
-      fill_floats(sc.q + rows * D, sc.q + rpad * D, 0.0f);
-      fill_floats(sc.o, sc.o + rpad * dv_pad, 0.0f);
-      for (int64_t r = 0; r < rpad; ++r) sc.state[r] = SoftmaxState();
-      if (p.has_block_mask()) {
-        for (int64_t g = 0; g < G; ++g)
-          fill_block_modes(p, b, hkv * G + g, qb, sc.modes + g * num_kv_blocks);
-      }
-
-      // Visible key range of the whole block, and the range visible to every row.
-      const KeyRange first = key_range(p, i0), last = key_range(p, i0 + nq - 1);
-      const int64_t range_lo = first.lo, range_hi = last.hi;
-
-      auto process_tile = [&](int64_t j0, int64_t j1, int64_t kb) {
-        const int64_t width = j1 - j0;
-        const int64_t width_pad = round_up(width, Vec::kLanes);
-        // Pack K^T [D, width] and V [width, Dv] as fp32; pad columns/rows with zeros.
-        pack_key_tile(p, k_off, j0, width, sc.kt);
-        for (int64_t c = 0; c < width; ++c) {
-          const int64_t vo = v_off + (j0 + c) * p.v_stride_t;
-          float* vdst = sc.vs + c * dv_pad;
-          if (p.dtype == FlashDtype::kFloat32 && p.v_stride_d == 1) {
-            std::memcpy(vdst, static_cast<const float*>(p.v) + vo, sizeof(float) * Dv);
-          } else if (p.dtype == FlashDtype::kBFloat16 && p.v_stride_d == 1) {
-            widen_bf16_row(static_cast<const uint16_t*>(p.v) + vo, Dv, vdst);
+        // Q panel: Qs[r, d] = scale * q[b, h, i, d]; padded rows zero.
+        for (int64_t r = 0; r < rows; ++r) {
+          const int64_t h = hkv * G + r / nq, i = i0 + r % nq;
+          const int64_t off = b * p.q_stride_b + h * p.q_stride_h + i * p.q_stride_t;
+          float* dst = sc.q + r * D;
+          if (p.dtype == FlashDtype::kFloat32 && p.q_stride_d == 1) {
+            const float* src = static_cast<const float*>(p.q) + off;
+            for (int64_t d = 0; d < D; ++d) dst[d] = p.scale * src[d];
           } else {
-            for (int64_t e = 0; e < Dv; ++e)
-              vdst[e] = load_elem(p.v, p.dtype, vo + e * p.v_stride_d);
+            for (int64_t d = 0; d < D; ++d)
+              dst[d] = p.scale * load_elem(p.q, p.dtype, off + d * p.q_stride_d);
           }
-          fill_floats(vdst + Dv, vdst + dv_pad, 0.0f);
         }
-        for (int64_t d = 0; d < D; ++d) {
-          fill_floats(sc.kt + d * kBlockK + width, sc.kt + d * kBlockK + width_pad, 0.0f);
+        fill_floats(sc.q + rows * D, sc.q + rpad * D, 0.0f);
+        fill_floats(sc.o, sc.o + rpad * dv_pad, 0.0f);
+        for (int64_t r = 0; r < rpad; ++r) sc.state[r] = SoftmaxState();
+        if (p.has_block_mask()) {
+          for (int64_t g = 0; g < G; ++g)
+            fill_block_modes(p, b, hkv * G + g, qb, sc.modes + g * num_kv_blocks);
         }
 
-        // Column ranges: whole tiles inside the block's common key range, else the union of
-        // the rows' visible keys per row block (padded row blocks get none).
-        const bool edge = !(j0 >= last.lo && j1 <= first.hi);
-        for (int64_t rb = 0; rb < rpad; rb += kRowBlock) {
-          ColRange cr{0, width_pad};
-          if (edge) {
-            int64_t lo = width, hi = 0;
-            for (int64_t r = rb; r < std::min(rb + kRowBlock, rows); ++r) {
-              const KeyRange kr = key_range(p, i0 + r % nq);
-              lo = std::min(lo, std::max<int64_t>(0, kr.lo - j0));
-              hi = std::max(hi, std::min(width, kr.hi - j0));
+        // Visible key range of the whole block, and the range visible to every row.
+        const KeyRange first = key_range(p, i0), last = key_range(p, i0 + nq - 1);
+        const int64_t range_lo = first.lo, range_hi = last.hi;
+
+        auto process_tile = [&](int64_t j0, int64_t j1, int64_t kb) {
+          const int64_t width = j1 - j0;
+          const int64_t width_pad = round_up(width, Vec::kLanes);
+          // Pack K^T [D, width] and V [width, Dv] as fp32, pad columns/rows with zeros, unless
+          // the thread packed this very tile lately (consecutive q blocks share tiles).
+          const int64_t tag_bh = b * Hkv + hkv;
+          int slot = 0;
+          while (slot < kTileSlots &&
+                 !(tags[slot].bh == tag_bh && tags[slot].j0 == j0 && tags[slot].width == width))
+            ++slot;
+          const bool cached = slot < kTileSlots;
+          if (!cached) slot = static_cast<int>(next_slot++ % kTileSlots);
+          float* kt = sc.kt + slot * pad16(D * kBlockK);
+          float* vs = sc.vs + slot * pad16(kBlockK * dv_pad);
+          tags[slot] = TileTag{tag_bh, j0, width};
+          if (!cached) pack_key_tile(p, k_off, j0, width, kt);
+          for (int64_t c = 0; c < width && !cached; ++c) {
+            const int64_t vo = v_off + (j0 + c) * p.v_stride_t;
+            float* vdst = vs + c * dv_pad;
+            if (p.dtype == FlashDtype::kFloat32 && p.v_stride_d == 1) {
+              std::memcpy(vdst, static_cast<const float*>(p.v) + vo, sizeof(float) * Dv);
+            } else if (p.dtype == FlashDtype::kBFloat16 && p.v_stride_d == 1) {
+              widen_bf16_row(static_cast<const uint16_t*>(p.v) + vo, Dv, vdst);
+            } else {
+              for (int64_t e = 0; e < Dv; ++e)
+                vdst[e] = load_elem(p.v, p.dtype, vo + e * p.v_stride_d);
             }
-            cr = hi > lo ? ColRange{lo / Vec::kLanes * Vec::kLanes, round_up(hi, Vec::kLanes)}
-                         : ColRange{0, 0};
+            fill_floats(vdst + Dv, vdst + dv_pad, 0.0f);
           }
-          sc.cols[rb / kRowBlock] = cr;
-        }
-
-        gemm_qk(sc.q, rpad, D, sc.kt, sc.cols, sc.s);
-
-        for (int64_t r = 0; r < rows; ++r) {
-          const int64_t g = r / nq, i = i0 + r % nq, h = hkv * G + g;
-          const ColRange cr = sc.cols[r / kRowBlock];
-          float* s = sc.s + r * kBlockK;
-          // Without a block mask a mask functor makes every tile partial.
-          const uint8_t mode = kb >= 0 ? sc.modes[g * num_kv_blocks + kb]
-                                       : (use_mask_row ? uint8_t{kPartial} : uint8_t{kFull});
-          if (mode == kSkip) {
-            fill_floats(s + cr.lo, s + cr.hi, 0.0f);
-            continue;
+          for (int64_t d = 0; d < D && !cached; ++d) {
+            fill_floats(kt + d * kBlockK + width, kt + d * kBlockK + width_pad, 0.0f);
           }
-          if (p.softcap > 0.0f) {
-            const typename Vec::reg cap = Vec::set1(p.softcap), inv = Vec::set1(1.0f / p.softcap);
-            for (int64_t c = cr.lo; c < cr.hi; c += Vec::kLanes) {
-              Vec::store(s + c, Vec::mul(cap, Vec::tanh(Vec::mul(Vec::load(s + c), inv))));
+
+          // Column ranges: whole tiles inside the block's common key range, else the union of
+          // the rows' visible keys per row block (padded row blocks get none).
+          const bool edge = !(j0 >= last.lo && j1 <= first.hi);
+          for (int64_t rb = 0; rb < rpad; rb += kRowBlock) {
+            ColRange cr{0, width_pad};
+            if (edge) {
+              int64_t lo = width, hi = 0;
+              for (int64_t r = rb; r < std::min(rb + kRowBlock, rows); ++r) {
+                const KeyRange kr = key_range(p, i0 + r % nq);
+                lo = std::min(lo, std::max<int64_t>(0, kr.lo - j0));
+                hi = std::max(hi, std::min(width, kr.hi - j0));
+              }
+              cr = hi > lo ? ColRange{lo / Vec::kLanes * Vec::kLanes, round_up(hi, Vec::kLanes)}
+                           : ColRange{0, 0};
             }
+            sc.cols[rb / kRowBlock] = cr;
           }
-          const bool partial = mode == kPartial && use_mask_row;
-          if (edge || element_mods || partial) {
-            // Keys outside [cr.lo, cr.hi) are outside the row's range: only the range is needed.
-            const int64_t n = std::min(width, cr.hi) - cr.lo;
-            if (n > 0) modify_row(p, b, h, i, j0 + cr.lo, n, key_range(p, i), partial, s + cr.lo);
+
+          gemm_qk(sc.q, rpad, D, kt, sc.cols, sc.s);
+
+          for (int64_t r = 0; r < rows; ++r) {
+            const int64_t g = r / nq, i = i0 + r % nq, h = hkv * G + g;
+            const ColRange cr = sc.cols[r / kRowBlock];
+            float* s = sc.s + r * kBlockK;
+            // Without a block mask a mask functor makes every tile partial.
+            const uint8_t mode = kb >= 0 ? sc.modes[g * num_kv_blocks + kb]
+                                         : (use_mask_row ? uint8_t{kPartial} : uint8_t{kFull});
+            if (mode == kSkip) {
+              fill_floats(s + cr.lo, s + cr.hi, 0.0f);
+              continue;
+            }
+            if (p.softcap > 0.0f) {
+              const typename Vec::reg cap = Vec::set1(p.softcap), inv = Vec::set1(1.0f / p.softcap);
+              for (int64_t c = cr.lo; c < cr.hi; c += Vec::kLanes) {
+                Vec::store(s + c, Vec::mul(cap, Vec::tanh(Vec::mul(Vec::load(s + c), inv))));
+              }
+            }
+            const bool partial = mode == kPartial && use_mask_row;
+            if (edge || element_mods || partial) {
+              // Keys outside [cr.lo, cr.hi) are outside the row's range: only the range is needed.
+              const int64_t n = std::min(width, cr.hi) - cr.lo;
+              if (n > 0) modify_row(p, b, h, i, j0 + cr.lo, n, key_range(p, i), partial, s + cr.lo);
+            }
+            for (int64_t c = std::max(width, cr.lo); c < cr.hi; ++c) s[c] = kNegInf;
+            sc.state[r].merge(s + cr.lo, cr.hi - cr.lo, sc.o + r * dv_pad, dv_pad);
           }
-          for (int64_t c = std::max(width, cr.lo); c < cr.hi; ++c) s[c] = kNegInf;
-          sc.state[r].merge(s + cr.lo, cr.hi - cr.lo, sc.o + r * dv_pad, dv_pad);
-        }
-        // Padded rows hold S = 0 from zero query rows: make their P zero too.
-        for (int64_t r = rows; r < rpad; ++r) {
-          const ColRange cr = sc.cols[r / kRowBlock];
-          fill_floats(sc.s + r * kBlockK + cr.lo, sc.s + r * kBlockK + cr.hi, 0.0f);
-        }
+          // Padded rows hold S = 0 from zero query rows: make their P zero too.
+          for (int64_t r = rows; r < rpad; ++r) {
+            const ColRange cr = sc.cols[r / kRowBlock];
+            fill_floats(sc.s + r * kBlockK + cr.lo, sc.s + r * kBlockK + cr.hi, 0.0f);
+          }
 
-        gemm_pv(sc.s, rpad, width, sc.cols, sc.vs, dv_pad, sc.o);
-      };
+          gemm_pv(sc.s, rpad, width, sc.cols, vs, dv_pad, sc.o);
+        };
 
-      if (p.has_block_mask()) {
-        for (int64_t kb = 0; kb < num_kv_blocks; ++kb) {
-          bool any = false;
-          for (int64_t g = 0; g < G; ++g) any = any || sc.modes[g * num_kv_blocks + kb] != kSkip;
-          if (!any) continue;
-          const int64_t lo = std::max(kb * p.block_k, range_lo);
-          const int64_t hi = std::min({(kb + 1) * p.block_k, range_hi, Tkv});
+        if (p.has_block_mask()) {
+          for (int64_t kb = 0; kb < num_kv_blocks; ++kb) {
+            bool any = false;
+            for (int64_t g = 0; g < G; ++g) any = any || sc.modes[g * num_kv_blocks + kb] != kSkip;
+            if (!any) continue;
+            const int64_t lo = std::max(kb * p.block_k, range_lo);
+            const int64_t hi = std::min({(kb + 1) * p.block_k, range_hi, Tkv});
+            for (int64_t j0 = lo; j0 < hi; j0 += kBlockK)
+              process_tile(j0, std::min(j0 + kBlockK, hi), kb);
+          }
+        } else {
+          // This split's share of the range's tiles.
+          const int64_t tiles = ceil_div(range_hi - range_lo, kBlockK);
+          const int64_t per_split = ceil_div(tiles, num_splits);
+          const int64_t lo = range_lo + std::min(tiles, split * per_split) * kBlockK;
+          const int64_t hi = std::min(range_hi, range_lo + (split + 1) * per_split * kBlockK);
           for (int64_t j0 = lo; j0 < hi; j0 += kBlockK)
-            process_tile(j0, std::min(j0 + kBlockK, hi), kb);
+            process_tile(j0, std::min(j0 + kBlockK, hi), -1);
         }
-      } else {
-        // This split's share of the range's tiles.
-        const int64_t tiles = ceil_div(range_hi - range_lo, kBlockK);
-        const int64_t per_split = ceil_div(tiles, num_splits);
-        const int64_t lo = range_lo + std::min(tiles, split * per_split) * kBlockK;
-        const int64_t hi = std::min(range_hi, range_lo + (split + 1) * per_split * kBlockK);
-        for (int64_t j0 = lo; j0 < hi; j0 += kBlockK)
-          process_tile(j0, std::min(j0 + kBlockK, hi), -1);
-      }
 
-      if (num_splits > 1) {  // keep the partial state; the merge below finalizes
-        const int64_t slot = (bh * num_q_blocks + qb) * num_splits + split;
-        float* po = part_o.data() + slot * rows_pad * dv_pad;
-        float* ps = part_state.data() + slot * rows_pad * 2;
+        if (num_splits > 1) {  // keep the partial state; the merge below finalizes
+          const int64_t slot = (bh * num_q_blocks + qb) * num_splits + split;
+          float* po = part_o.data() + slot * rows_pad * dv_pad;
+          float* ps = part_state.data() + slot * rows_pad * 2;
+          for (int64_t r = 0; r < rows; ++r) {
+            ps[2 * r] = sc.state[r].m;
+            ps[2 * r + 1] = sc.state[r].l;
+            std::memcpy(po + r * dv_pad, sc.o + r * dv_pad, sizeof(float) * dv_pad);
+          }
+          continue;
+        }
+
+        // Finalize: fold the sink, out <- O / l, lse <- m + log l.
         for (int64_t r = 0; r < rows; ++r) {
-          ps[2 * r] = sc.state[r].m;
-          ps[2 * r + 1] = sc.state[r].l;
-          std::memcpy(po + r * dv_pad, sc.o + r * dv_pad, sizeof(float) * dv_pad);
+          finalize_row(p, b, hkv * G + r / nq, i0 + r % nq, sc.state[r], sc.o + r * dv_pad);
         }
-        continue;
-      }
-
-      // Finalize: fold the sink, out <- O / l, lse <- m + log l.
-      for (int64_t r = 0; r < rows; ++r) {
-        finalize_row(p, b, hkv * G + r / nq, i0 + r % nq, sc.state[r], sc.o + r * dv_pad);
       }
     }
   });
