@@ -236,6 +236,8 @@ static void gather_forward_impl(const GatherParams& p) {
               int64_t e = 0;
               for (; e + 8 * L <= Dv; e += 8 * L)
                 pv_segment<8>(v0 + e, p.v_stride_t, keys, n_seg, sg, ag + e);
+              for (; e + 4 * L <= Dv; e += 4 * L)
+                pv_segment<4>(v0 + e, p.v_stride_t, keys, n_seg, sg, ag + e);
               for (; e < Dv; e += L) pv_segment<1>(v0 + e, p.v_stride_t, keys, n_seg, sg, ag + e);
             }
           } else {
