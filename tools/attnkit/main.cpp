@@ -2,6 +2,7 @@
 // count, warns about a slow BLAS, runs one subcommand, and turns every error into one line on
 // stderr and exit code 2.
 
+#include "bench.h"
 #include "blas_check.h"
 #include "commands.h"
 #include "measure.h"
@@ -151,6 +152,29 @@ int main(int argc, char** argv) {
   viz->add_flag("--grid", viz_options.grid,
                 "A 1-px grid between the cells (when a cell is 4 px or more)");
 
+  attnkit::cli::BenchOptions bench_options;
+  CLI::App* bench = app.add_subcommand(
+      "bench", "Time the fused attention engine against sgemm and LibTorch's composed attention");
+  bench->add_option("--batch", bench_options.batch_size, "Batch size")
+      ->check(kPositive)
+      ->capture_default_str();
+  bench->add_option("--heads", bench_options.num_heads, "Query heads")
+      ->check(kPositive)
+      ->capture_default_str();
+  bench->add_option("--kv-heads", bench_options.num_kv_heads, "Key/value heads (divides --heads)")
+      ->check(kPositive)
+      ->capture_default_str();
+  bench->add_option("--seq", bench_options.seq_len, "Sequence length")
+      ->check(kPositive)
+      ->capture_default_str();
+  bench->add_option("--head-dim", bench_options.head_dim, "Head width")
+      ->check(kPositive)
+      ->capture_default_str();
+  bench->add_flag("--causal", bench_options.causal, "Causal attention (FLOPs counted as half)");
+  bench->add_option("--repeats", bench_options.repeats, "Timed repetitions (medians reported)")
+      ->check(kPositive)
+      ->capture_default_str();
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -164,6 +188,10 @@ int main(int argc, char** argv) {
     if (!warning.empty()) std::cerr << warning << std::endl;
 
     if (app.got_subcommand("list")) return attnkit::cli::run_list(std::cout);
+    if (app.got_subcommand("bench")) {
+      bench_options.seed = seed;
+      return attnkit::cli::run_bench(bench_options, std::cout);
+    }
     if (app.got_subcommand("viz")) {
       viz_options.config = to_config(viz_args);
       viz_options.batch_size = viz_args.batch_size;
