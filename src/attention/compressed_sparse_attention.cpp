@@ -1,12 +1,12 @@
 #include <attnkit/attention/compressed_sparse_attention.h>
 
 #include <attnkit/functional/flex_attention.h>
+#include <attnkit/functional/index_topk.h>
 
 #include "attention/compressed_common.h"
 #include "attention/dense_common.h"
 
 #include <algorithm>
-#include <functional>
 #include <limits>
 #include <tuple>
 #include <utility>
@@ -17,10 +17,6 @@ namespace attnkit {
 namespace {
 
 constexpr const char* kName = "CompressedSparseAttention";
-
-// Which entries queries first_query.. (count of them) may see among the first num_entries:
-// bool [B or 1, count, num_entries].
-using VisibilityFn = std::function<torch::Tensor(int64_t, int64_t, int64_t)>;
 
 // Lightning-indexer scores [B, n, ne]: score[t, e] = sum_h wi[t, h] relu(qi[t, h] . keys[e]).
 //   qi: [B, n, Hi, di], wi: [B, n, Hi], keys: [B, ne, di]
@@ -66,32 +62,6 @@ torch::Tensor top_k_visible(const torch::Tensor& scores, int64_t k) {
     top = top.masked_fill(values.narrow(-1, 0, kc) == kNegInf, -1);
   }
   return kc < k ? torch::constant_pad_nd(top, {0, k - kc}, -1) : top;
-}
-
-// The fused path's selection, by chunks of queries (no [B, T, Hi, nb] intermediate): a chunk
-// scores only the entries its last query can see. -> int64 [B, T, k] (-1 = unused slot)
-torch::Tensor select_entries(const torch::Tensor& qi,
-                             const torch::Tensor& wi,
-                             const torch::Tensor& keys,
-                             int64_t k,
-                             int64_t offset,
-                             int64_t rate,
-                             const VisibilityFn& visibility) {
-  const int64_t T = qi.size(1), Hi = qi.size(2), nb = keys.size(1);
-  // ~4M floats of per-head dot products per chunk
-  const int64_t rows = std::max<int64_t>(1, (int64_t{1} << 22) / std::max<int64_t>(1, Hi * nb));
-  std::vector<torch::Tensor> parts;
-  for (int64_t r0 = 0; r0 < T; r0 += rows) {
-    const int64_t n = std::min(rows, T - r0);
-    // the last query, at position offset + r0 + n - 1, sees entries e with (e + 1) r <= it
-    const int64_t seen = std::min(nb, (offset + r0 + n - 1) / rate);
-    torch::Tensor scores = torch::where(
-        visibility(r0, n, seen),
-        index_scores(qi.narrow(1, r0, n), wi.narrow(1, r0, n), keys.narrow(1, 0, seen)),
-        -std::numeric_limits<double>::infinity());
-    parts.push_back(top_k_visible(scores, k));
-  }
-  return torch::cat(parts, 1);
 }
 
 }  // namespace
@@ -212,7 +182,9 @@ CompressedSparseOutput CompressedSparseAttentionImpl::run(const torch::Tensor& x
   const torch::Tensor entry_mask =
       keep.defined() ? detail::entry_keep_from_mask(keep, nb, r, /*overlapped=*/true)
                      : torch::Tensor();
-  const VisibilityFn visibility = [&](int64_t first_query, int64_t count, int64_t num_entries) {
+  // Which entries queries first_query.. (count of them) may see among the first num_entries:
+  // bool [B or 1, count, num_entries].
+  auto visibility = [&](int64_t first_query, int64_t count, int64_t num_entries) {
     torch::Tensor visible =
         detail::entry_visibility(offset + first_query, count, num_entries, r, x.device())
             .unsqueeze(0);
@@ -239,7 +211,15 @@ CompressedSparseOutput CompressedSparseAttentionImpl::run(const torch::Tensor& x
       torch::NoGradGuard no_grad;
       torch::Tensor index_keys = detail::cache_rows(state, "index_keys", idx_k(pooled));
       auto qw = indexer_queries();
-      entry_indices = select_entries(qw.first, qw.second, index_keys, k, offset, r, visibility);
+      // The fused indexer over the entries, with their visibility as the mask ([1 or B, T, nb]
+      // bool: O(T nb) bytes, no scores).
+      // No complete entry yet (k = 0): empty lists.
+      entry_indices = k == 0
+                          ? torch::empty({B, T, 0}, x.options().dtype(torch::kLong))
+                          : functional::index_topk(
+                                qw.first.unsqueeze(1), index_keys, qw.second.unsqueeze(1),
+                                functional::IndexTopkOptions().top_k(k).mask(visibility(0, T, nb)))
+                                .squeeze(1);
     }
     CompressedSparseOutput out;
     out.output = proj(detail::shared_kv_gather_attention(spec, q, entries, entry_indices, window,
