@@ -201,8 +201,12 @@ static void gather_forward_impl(const GatherParams& p) {
             float* sg = s + g * (K + L);
             float& mg = m[qi * G + g];
             float& lg = l[qi * G + g];
-            float mx = kNegInf;
-            for (int64_t n = 0; n < n_seg; ++n) mx = std::max(mx, sg[n]);
+            // Segment max by vectors: the tail lanes past n_seg are set to -inf first (they
+            // hold the zero row's scores).
+            fill_floats(sg + n_seg, sg + (n_seg + L - 1) / L * L, kNegInf);
+            typename Vec::reg vmax = Vec::set1(kNegInf);
+            for (int64_t n = 0; n < n_seg; n += L) vmax = Vec::max(vmax, Vec::load(sg + n));
+            const float mx = Vec::reduce_max(vmax);
             const float m_new = std::max(mg, mx);
             const float alpha = mg == kNegInf ? 0.0f : std::exp(mg - m_new);
             float* ag = acc + (qi * G + g) * dv_pad;
