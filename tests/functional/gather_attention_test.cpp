@@ -3,6 +3,9 @@
 #include "support/pch.h"
 #include "support/tolerance.h"
 
+#include <functional>
+#include <vector>
+
 namespace attnkit {
 namespace {
 
@@ -32,6 +35,22 @@ GatherInputs make(int64_t B,
   in.idx.select(2, 1).fill_(-1);
   in.w = torch::rand({B, Hkv, Tq, K}) + 0.1;
   return in;
+}
+
+// The fused gradients (`fused`, run once per ISA path) against `expected` (autograd through the
+// reference in double), to 1e-4.
+void expect_grads_on_every_isa(const std::function<std::vector<torch::Tensor>()>& fused,
+                               const std::vector<torch::Tensor>& expected) {
+  for (const char* isa : testing::isa_paths()) {
+    SCOPED_TRACE(isa);
+    testing::EnvGuard guard("ATTNKIT_CPU_CAPABILITY", isa);
+    auto got = fused();
+    for (size_t n = 0; n < got.size(); ++n) {
+      EXPECT_TRUE(torch::allclose(got[n].to(torch::kDouble), expected[n], 1e-4, 1e-4))
+          << n << " max abs diff "
+          << (got[n].to(torch::kDouble) - expected[n]).abs().max().item<double>();
+    }
+  }
 }
 
 TEST(GatherAttention, ForwardMatchesReference) {
@@ -71,16 +90,7 @@ TEST(GatherAttention, GradientsMatchAutogradThroughTheReference) {
     return std::vector<torch::Tensor>{q.grad(), k.grad(), v.grad(), w.grad()};
   };
   auto expected = run(false);
-  for (const char* isa : testing::isa_paths()) {
-    SCOPED_TRACE(isa);
-    testing::EnvGuard guard("ATTNKIT_CPU_CAPABILITY", isa);
-    auto got = run(true);
-    for (size_t n = 0; n < got.size(); ++n) {
-      EXPECT_TRUE(torch::allclose(got[n].to(torch::kDouble), expected[n], 1e-4, 1e-4))
-          << n << " max abs diff "
-          << (got[n].to(torch::kDouble) - expected[n]).abs().max().item<double>();
-    }
-  }
+  expect_grads_on_every_isa([&] { return run(true); }, expected);
 }
 
 // One list per query shared by the kv heads ([B, 1, Tq, K]) equals that list repeated per head,
@@ -176,16 +186,7 @@ TEST(GatherAttention, SinkGradientsMatchAutogradThroughTheReference) {
   };
   auto expected = run(false);
   ASSERT_GT(expected[4].abs().sum().item<double>(), 0.0);
-  for (const char* isa : testing::isa_paths()) {
-    SCOPED_TRACE(isa);
-    testing::EnvGuard guard("ATTNKIT_CPU_CAPABILITY", isa);
-    auto got = run(true);
-    for (size_t n = 0; n < got.size(); ++n) {
-      EXPECT_TRUE(torch::allclose(got[n].to(torch::kDouble), expected[n], 1e-4, 1e-4))
-          << n << " max abs diff "
-          << (got[n].to(torch::kDouble) - expected[n]).abs().max().item<double>();
-    }
-  }
+  expect_grads_on_every_isa([&] { return run(true); }, expected);
 }
 
 // Long key axes are walked in chunks with the softmax carried across them, and queries come in
