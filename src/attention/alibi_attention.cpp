@@ -56,9 +56,7 @@ ALiBiAttentionImpl::ALiBiAttentionImpl(ALiBiAttentionOptions options_)
     : options(std::move(options_)) {
   const auto& o = options;
   detail::check_heads(kName, o.dim(), o.num_heads());
-  TORCH_CHECK(o.temperature() > 0, kName, ": temperature must be positive, got ", o.temperature());
-  TORCH_CHECK(o.dropout() >= 0 && o.dropout() < 1, kName, ": dropout must be in [0, 1), got ",
-              o.dropout());
+  detail::check_temperature_and_dropout(kName, o.temperature(), o.dropout());
   reset();
 }
 
@@ -66,17 +64,11 @@ ALiBiAttentionImpl::ALiBiAttentionImpl(int64_t dim, int64_t num_heads)
     : ALiBiAttentionImpl(ALiBiAttentionOptions(dim, num_heads)) {}
 
 void ALiBiAttentionImpl::reset() {
-  auto layers = detail::register_zoo_layers(*this, options.dim(), options.bias());
-  q_proj = layers.q_proj;
-  k_proj = layers.k_proj;
-  v_proj = layers.v_proj;
-  o_proj = layers.o_proj;
+  detail::register_zoo_layers(*this, options.dim(), options.bias(), q_proj, k_proj, v_proj, o_proj);
 }
 
 void ALiBiAttentionImpl::reset_parameters() {
-  for (auto* linear : {q_proj.get(), k_proj.get(), v_proj.get(), o_proj.get()}) {
-    linear->reset_parameters();
-  }
+  detail::reset_linears({q_proj, k_proj, v_proj, o_proj});
 }
 
 void ALiBiAttentionImpl::pretty_print(std::ostream& stream) const {

@@ -38,17 +38,11 @@ BigBirdAttentionImpl::BigBirdAttentionImpl(int64_t dim, int64_t num_heads)
 
 void BigBirdAttentionImpl::reset() {
   const int64_t D = options.dim();
-  auto layers = detail::register_zoo_layers(*this, D, options.bias());
-  q_proj = layers.q_proj;
-  k_proj = layers.k_proj;
-  v_proj = layers.v_proj;
-  o_proj = layers.o_proj;
+  detail::register_zoo_layers(*this, D, options.bias(), q_proj, k_proj, v_proj, o_proj);
 }
 
 void BigBirdAttentionImpl::reset_parameters() {
-  for (auto* linear : {q_proj.get(), k_proj.get(), v_proj.get(), o_proj.get()}) {
-    linear->reset_parameters();
-  }
+  detail::reset_linears({q_proj, k_proj, v_proj, o_proj});
 }
 
 void BigBirdAttentionImpl::pretty_print(std::ostream& stream) const {

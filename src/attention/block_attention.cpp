@@ -26,9 +26,7 @@ BlockAttentionImpl::BlockAttentionImpl(BlockAttentionOptions options_)
   TORCH_CHECK(!o.overlap() || o.block_size() >= 2, kName,
               ": overlap(true) needs block_size >= 2 (blocks advance by block_size / 2), got ",
               o.block_size());
-  TORCH_CHECK(o.temperature() > 0, kName, ": temperature must be positive, got ", o.temperature());
-  TORCH_CHECK(o.dropout() >= 0 && o.dropout() < 1, kName, ": dropout must be in [0, 1), got ",
-              o.dropout());
+  detail::check_temperature_and_dropout(kName, o.temperature(), o.dropout());
   reset();
 }
 
@@ -36,19 +34,13 @@ BlockAttentionImpl::BlockAttentionImpl(int64_t dim, int64_t num_heads)
     : BlockAttentionImpl(BlockAttentionOptions(dim, num_heads)) {}
 
 void BlockAttentionImpl::reset() {
-  auto layers = detail::register_zoo_layers(*this, options.dim(), options.bias());
+  detail::register_zoo_layers(*this, options.dim(), options.bias(), q_proj, k_proj, v_proj, o_proj);
   // Validates rope.dim against head_dim once, at construction.
   if (options.rope()) rope_.emplace(*options.rope(), options.dim() / options.num_heads(), kName);
-  q_proj = layers.q_proj;
-  k_proj = layers.k_proj;
-  v_proj = layers.v_proj;
-  o_proj = layers.o_proj;
 }
 
 void BlockAttentionImpl::reset_parameters() {
-  for (auto* linear : {q_proj.get(), k_proj.get(), v_proj.get(), o_proj.get()}) {
-    linear->reset_parameters();
-  }
+  detail::reset_linears({q_proj, k_proj, v_proj, o_proj});
 }
 
 void BlockAttentionImpl::pretty_print(std::ostream& stream) const {

@@ -117,9 +117,7 @@ void CompressedSparseAttentionImpl::reset() {
 
 void CompressedSparseAttentionImpl::reset_parameters() {
   torch::NoGradGuard no_grad;
-  for (auto* linear : {&kv_a, &kv_b, &z_a, &z_b, &q_down, &q_up, &idx_q, &idx_k, &idx_w}) {
-    (*linear)->reset_parameters();
-  }
+  detail::reset_linears({kv_a, kv_b, z_a, z_b, q_down, q_up, idx_q, idx_k, idx_w});
   proj->reset_parameters();
   bias_a.zero_();
   bias_b.zero_();

@@ -41,11 +41,7 @@ void LightningIndexerImpl::reset() {
   ww = register_module("ww", linear(o.num_heads()));
 }
 
-void LightningIndexerImpl::reset_parameters() {
-  wq->reset_parameters();
-  wk->reset_parameters();
-  ww->reset_parameters();
-}
+void LightningIndexerImpl::reset_parameters() { detail::reset_linears({wq, wk, ww}); }
 
 void LightningIndexerImpl::pretty_print(std::ostream& stream) const {
   stream << "attnkit::LightningIndexer(dim=" << options.dim()

@@ -5,6 +5,10 @@
 namespace attnkit {
 namespace detail {
 
+void reset_linears(std::initializer_list<torch::nn::Linear> layers) {
+  for (torch::nn::Linear layer : layers) layer->reset_parameters();
+}
+
 void check_sequence_input(const std::string& mechanism,
                           const torch::Tensor& x,
                           int64_t dim,

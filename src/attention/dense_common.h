@@ -10,8 +10,13 @@
 
 #include <torch/nn/modules/linear.h>
 
+#include <initializer_list>
+
 namespace attnkit {
 namespace detail {
+
+/// Resets the parameters of every listed layer.
+void reset_linears(std::initializer_list<torch::nn::Linear> layers);
 
 /// Raises unless x is a floating [B, T, dim] tensor of the parameters' dtype.
 void check_sequence_input(const std::string& mechanism,

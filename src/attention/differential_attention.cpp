@@ -47,11 +47,7 @@ DifferentialAttentionImpl::DifferentialAttentionImpl(int64_t dim, int64_t num_he
 
 void DifferentialAttentionImpl::reset() {
   const int64_t D = options.dim(), hd = D / (2 * options.num_heads());
-  auto layers = detail::register_zoo_layers(*this, D, options.bias());
-  q_proj = layers.q_proj;
-  k_proj = layers.k_proj;
-  v_proj = layers.v_proj;
-  o_proj = layers.o_proj;
+  detail::register_zoo_layers(*this, D, options.bias(), q_proj, k_proj, v_proj, o_proj);
   head_norm = register_parameter("head_norm", torch::ones({2 * hd}));
   lambda_q1 = register_parameter("lambda_q1", torch::empty({hd}));
   lambda_k1 = register_parameter("lambda_k1", torch::empty({hd}));
@@ -61,9 +57,7 @@ void DifferentialAttentionImpl::reset() {
 }
 
 void DifferentialAttentionImpl::reset_parameters() {
-  for (auto* linear : {q_proj.get(), k_proj.get(), v_proj.get(), o_proj.get()}) {
-    linear->reset_parameters();
-  }
+  detail::reset_linears({q_proj, k_proj, v_proj, o_proj});
   torch::NoGradGuard no_grad;
   head_norm.fill_(1.0);
   for (auto* p : {&lambda_q1, &lambda_k1, &lambda_q2, &lambda_k2}) p->normal_(0.0, 0.1);

@@ -20,9 +20,7 @@ DilatedAttentionImpl::DilatedAttentionImpl(DilatedAttentionOptions options_)
   detail::check_heads(kName, o.dim(), o.num_heads());
   TORCH_CHECK(o.dilation_rate() > 0, kName, ": dilation_rate must be positive, got ",
               o.dilation_rate());
-  TORCH_CHECK(o.temperature() > 0, kName, ": temperature must be positive, got ", o.temperature());
-  TORCH_CHECK(o.dropout() >= 0 && o.dropout() < 1, kName, ": dropout must be in [0, 1), got ",
-              o.dropout());
+  detail::check_temperature_and_dropout(kName, o.temperature(), o.dropout());
   reset();
 }
 
@@ -30,19 +28,13 @@ DilatedAttentionImpl::DilatedAttentionImpl(int64_t dim, int64_t num_heads)
     : DilatedAttentionImpl(DilatedAttentionOptions(dim, num_heads)) {}
 
 void DilatedAttentionImpl::reset() {
-  auto layers = detail::register_zoo_layers(*this, options.dim(), options.bias());
+  detail::register_zoo_layers(*this, options.dim(), options.bias(), q_proj, k_proj, v_proj, o_proj);
   // Validates rope.dim against head_dim once, at construction.
   if (options.rope()) rope_.emplace(*options.rope(), options.dim() / options.num_heads(), kName);
-  q_proj = layers.q_proj;
-  k_proj = layers.k_proj;
-  v_proj = layers.v_proj;
-  o_proj = layers.o_proj;
 }
 
 void DilatedAttentionImpl::reset_parameters() {
-  for (auto* linear : {q_proj.get(), k_proj.get(), v_proj.get(), o_proj.get()}) {
-    linear->reset_parameters();
-  }
+  detail::reset_linears({q_proj, k_proj, v_proj, o_proj});
 }
 
 void DilatedAttentionImpl::pretty_print(std::ostream& stream) const {

@@ -473,7 +473,7 @@ void GatedDeltaNetImpl::reset() {
 }
 
 void GatedDeltaNetImpl::reset_parameters() {
-  for (auto* l : {qkv_proj.get(), g_proj.get(), b_proj.get(), o_proj.get()}) l->reset_parameters();
+  detail::reset_linears({qkv_proj, g_proj, b_proj, o_proj});
   decay_gate->reset_parameters();
   qkv_conv1d->reset_parameters();
   out_norm->reset_parameters();

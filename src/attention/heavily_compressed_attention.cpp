@@ -53,7 +53,7 @@ void HeavilyCompressedAttentionImpl::reset() {
 
 void HeavilyCompressedAttentionImpl::reset_parameters() {
   torch::NoGradGuard no_grad;
-  for (auto* linear : {&kv, &z, &q_down, &q_up}) (*linear)->reset_parameters();
+  detail::reset_linears({kv, z, q_down, q_up});
   proj->reset_parameters();
   pos_bias.zero_();
   q_norm.fill_(1.0);

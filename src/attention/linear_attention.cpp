@@ -53,9 +53,7 @@ void LinearAttentionImpl::reset() {
 }
 
 void LinearAttentionImpl::reset_parameters() {
-  for (auto* linear : {q_proj.get(), k_proj.get(), v_proj.get(), o_proj.get()}) {
-    linear->reset_parameters();
-  }
+  detail::reset_linears({q_proj, k_proj, v_proj, o_proj});
 }
 
 void LinearAttentionImpl::pretty_print(std::ostream& stream) const {

@@ -19,9 +19,7 @@ LocalAttentionImpl::LocalAttentionImpl(LocalAttentionOptions options_)
   const auto& o = options;
   detail::check_heads(kName, o.dim(), o.num_heads());
   TORCH_CHECK(o.window_size() > 0, kName, ": window_size must be positive, got ", o.window_size());
-  TORCH_CHECK(o.temperature() > 0, kName, ": temperature must be positive, got ", o.temperature());
-  TORCH_CHECK(o.dropout() >= 0 && o.dropout() < 1, kName, ": dropout must be in [0, 1), got ",
-              o.dropout());
+  detail::check_temperature_and_dropout(kName, o.temperature(), o.dropout());
   reset();
 }
 
@@ -29,19 +27,13 @@ LocalAttentionImpl::LocalAttentionImpl(int64_t dim, int64_t num_heads)
     : LocalAttentionImpl(LocalAttentionOptions(dim, num_heads)) {}
 
 void LocalAttentionImpl::reset() {
-  auto layers = detail::register_zoo_layers(*this, options.dim(), options.bias());
+  detail::register_zoo_layers(*this, options.dim(), options.bias(), q_proj, k_proj, v_proj, o_proj);
   // Validates rope.dim against head_dim once, at construction.
   if (options.rope()) rope_.emplace(*options.rope(), options.dim() / options.num_heads(), kName);
-  q_proj = layers.q_proj;
-  k_proj = layers.k_proj;
-  v_proj = layers.v_proj;
-  o_proj = layers.o_proj;
 }
 
 void LocalAttentionImpl::reset_parameters() {
-  for (auto* linear : {q_proj.get(), k_proj.get(), v_proj.get(), o_proj.get()}) {
-    linear->reset_parameters();
-  }
+  detail::reset_linears({q_proj, k_proj, v_proj, o_proj});
 }
 
 void LocalAttentionImpl::pretty_print(std::ostream& stream) const {

@@ -22,9 +22,7 @@ LongformerAttentionImpl::LongformerAttentionImpl(LongformerAttentionOptions opti
   for (int64_t p : o.global_positions()) {
     TORCH_CHECK(p >= 0, kName, ": global_positions must be >= 0, got ", p);
   }
-  TORCH_CHECK(o.temperature() > 0, kName, ": temperature must be positive, got ", o.temperature());
-  TORCH_CHECK(o.dropout() >= 0 && o.dropout() < 1, kName, ": dropout must be in [0, 1), got ",
-              o.dropout());
+  detail::check_temperature_and_dropout(kName, o.temperature(), o.dropout());
   reset();
 }
 
@@ -32,19 +30,13 @@ LongformerAttentionImpl::LongformerAttentionImpl(int64_t dim, int64_t num_heads)
     : LongformerAttentionImpl(LongformerAttentionOptions(dim, num_heads)) {}
 
 void LongformerAttentionImpl::reset() {
-  auto layers = detail::register_zoo_layers(*this, options.dim(), options.bias());
+  detail::register_zoo_layers(*this, options.dim(), options.bias(), q_proj, k_proj, v_proj, o_proj);
   // Validates rope.dim against head_dim once, at construction.
   if (options.rope()) rope_.emplace(*options.rope(), options.dim() / options.num_heads(), kName);
-  q_proj = layers.q_proj;
-  k_proj = layers.k_proj;
-  v_proj = layers.v_proj;
-  o_proj = layers.o_proj;
 }
 
 void LongformerAttentionImpl::reset_parameters() {
-  for (auto* linear : {q_proj.get(), k_proj.get(), v_proj.get(), o_proj.get()}) {
-    linear->reset_parameters();
-  }
+  detail::reset_linears({q_proj, k_proj, v_proj, o_proj});
 }
 
 void LongformerAttentionImpl::pretty_print(std::ostream& stream) const {

@@ -23,9 +23,7 @@ LSHAttentionImpl::LSHAttentionImpl(LSHAttentionOptions options_) : options(std::
   detail::check_heads(kName, o.dim(), o.num_heads());
   TORCH_CHECK(o.bucket_size() > 0, kName, ": bucket_size must be positive, got ", o.bucket_size());
   TORCH_CHECK(o.num_hashes() > 0, kName, ": num_hashes must be positive, got ", o.num_hashes());
-  TORCH_CHECK(o.temperature() > 0, kName, ": temperature must be positive, got ", o.temperature());
-  TORCH_CHECK(o.dropout() >= 0 && o.dropout() < 1, kName, ": dropout must be in [0, 1), got ",
-              o.dropout());
+  detail::check_temperature_and_dropout(kName, o.temperature(), o.dropout());
   reset();
 }
 
@@ -33,19 +31,13 @@ LSHAttentionImpl::LSHAttentionImpl(int64_t dim, int64_t num_heads)
     : LSHAttentionImpl(LSHAttentionOptions(dim, num_heads)) {}
 
 void LSHAttentionImpl::reset() {
-  auto layers = detail::register_zoo_layers(*this, options.dim(), options.bias());
+  detail::register_zoo_layers(*this, options.dim(), options.bias(), q_proj, k_proj, v_proj, o_proj);
   // Validates rope.dim against head_dim once, at construction.
   if (options.rope()) rope_.emplace(*options.rope(), options.dim() / options.num_heads(), kName);
-  q_proj = layers.q_proj;
-  k_proj = layers.k_proj;
-  v_proj = layers.v_proj;
-  o_proj = layers.o_proj;
 }
 
 void LSHAttentionImpl::reset_parameters() {
-  for (auto* linear : {q_proj.get(), k_proj.get(), v_proj.get(), o_proj.get()}) {
-    linear->reset_parameters();
-  }
+  detail::reset_linears({q_proj, k_proj, v_proj, o_proj});
 }
 
 void LSHAttentionImpl::pretty_print(std::ostream& stream) const {

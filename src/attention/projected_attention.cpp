@@ -33,9 +33,7 @@ void ProjectedAttentionImpl::register_projections() {
 }
 
 void ProjectedAttentionImpl::reset_parameters() {
-  for (auto* linear : {q_proj.get(), k_proj.get(), v_proj.get(), o_proj.get()}) {
-    linear->reset_parameters();
-  }
+  detail::reset_linears({q_proj, k_proj, v_proj, o_proj});
 }
 
 void ProjectedAttentionImpl::pretty_print(std::ostream& stream) const {

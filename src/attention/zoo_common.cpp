@@ -9,14 +9,23 @@
 namespace attnkit {
 namespace detail {
 
-ZooLayers register_zoo_layers(torch::nn::Module& module, int64_t dim, bool bias) {
+void register_zoo_layers(torch::nn::Module& module,
+                         int64_t dim,
+                         bool bias,
+                         torch::nn::Linear& q_proj,
+                         torch::nn::Linear& k_proj,
+                         torch::nn::Linear& v_proj,
+                         torch::nn::Linear& o_proj) {
   auto linear = [&]() { return torch::nn::Linear(torch::nn::LinearOptions(dim, dim).bias(bias)); };
-  ZooLayers layers;
-  layers.q_proj = module.register_module("q_proj", linear());
-  layers.k_proj = module.register_module("k_proj", linear());
-  layers.v_proj = module.register_module("v_proj", linear());
-  layers.o_proj = module.register_module("o_proj", linear());
-  return layers;
+  q_proj = module.register_module("q_proj", linear());
+  k_proj = module.register_module("k_proj", linear());
+  v_proj = module.register_module("v_proj", linear());
+  o_proj = module.register_module("o_proj", linear());
+}
+
+void check_temperature_and_dropout(const char* mechanism, double temperature, double dropout) {
+  TORCH_CHECK(temperature > 0, mechanism, ": temperature must be positive, got ", temperature);
+  TORCH_CHECK(dropout >= 0 && dropout < 1, mechanism, ": dropout must be in [0, 1), got ", dropout);
 }
 
 void check_heads(const char* mechanism, int64_t dim, int64_t num_heads) {

@@ -27,11 +27,21 @@ torch::Tensor apply_rope(const RotaryEmbedding* rope, const torch::Tensor& heads
 /// Prints an optional rope as its options or "none".
 void print_rope(std::ostream& stream, const c10::optional<RopeOptions>& rope);
 
-/// Registers q_proj, k_proj, v_proj, o_proj (each Linear(dim, dim)) on `module`.
-ZooLayers register_zoo_layers(torch::nn::Module& module, int64_t dim, bool bias);
+/// Registers q_proj, k_proj, v_proj, o_proj (each Linear(dim, dim)) on `module` and stores them
+/// in the module's members of those names.
+void register_zoo_layers(torch::nn::Module& module,
+                         int64_t dim,
+                         bool bias,
+                         torch::nn::Linear& q_proj,
+                         torch::nn::Linear& k_proj,
+                         torch::nn::Linear& v_proj,
+                         torch::nn::Linear& o_proj);
 
 /// Raises unless dim and num_heads are positive and dim is divisible by num_heads.
 void check_heads(const char* mechanism, int64_t dim, int64_t num_heads);
+
+/// Raises unless temperature > 0 and 0 <= dropout < 1.
+void check_temperature_and_dropout(const char* mechanism, double temperature, double dropout);
 
 /// x [B, T, dim] -> [B, H, T, dim / H] through `layer`.
 torch::Tensor project_heads(torch::nn::Linear layer, const torch::Tensor& x, int64_t heads);

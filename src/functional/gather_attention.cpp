@@ -33,7 +33,9 @@ void check_gather_inputs(const char* fn,
                   indices.scalar_type() != torch::kBool,
               fn, ": expected integer indices, got ", indices.scalar_type());
   if (indices.numel() > 0) {
-    const int64_t lo = indices.min().item<int64_t>(), hi = indices.max().item<int64_t>();
+    // One pass over the indices (they may be T x K long).
+    const auto range = torch::aminmax(indices);
+    const int64_t lo = std::get<0>(range).item<int64_t>(), hi = std::get<1>(range).item<int64_t>();
     TORCH_CHECK(lo >= -1 && hi < k.size(2), fn, ": expected indices in [-1, Tk) = [-1, ", k.size(2),
                 "), got values in [", lo, ", ", hi, "]");
   }
