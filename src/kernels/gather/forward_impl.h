@@ -80,9 +80,12 @@ static void gather_forward_impl(const GatherParams& p) {
   const int64_t num_q_blocks = (Tq + QB - 1) / QB;
   constexpr float kNegInf = -std::numeric_limits<float>::infinity();
   constexpr int L = Vec::kLanes;
-  const int64_t chunk_keys =
-      std::max(kMinChunkKeys, 2 * L * p.seq_len_kv / std::max<int64_t>(1, K));
-  const int64_t num_chunks = (p.seq_len_kv + chunk_keys - 1) / chunk_keys;
+  // A power of two, so that bucketing a key is a shift.
+  int chunk_shift = 0;
+  while ((int64_t{1} << chunk_shift) <
+         std::max(kMinChunkKeys, 2 * L * p.seq_len_kv / std::max<int64_t>(1, K)))
+    ++chunk_shift;
+  const int64_t num_chunks = (p.seq_len_kv >> chunk_shift) + 1;
   // fp32 rows with unit stride and whole vectors are read in place; others are widened into
   // scratch first.
   const bool k_in_place = p.dtype == FlashDtype::kFloat32 && p.k_stride_d == 1 && D % L == 0;
@@ -101,7 +104,7 @@ static void gather_forward_impl(const GatherParams& p) {
   std::vector<int32_t> kslab(static_cast<size_t>(QB * K * num_threads));
   std::vector<int64_t> islab(static_cast<size_t>(i_per_thread * num_threads));
 
-  at::parallel_for(0, p.batch_size * Hkv * num_q_blocks, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, p.batch_size * num_q_blocks * Hkv, 1, [&](int64_t begin, int64_t end) {
     const int tid = at::get_thread_num();
     float* qrows = slab.data() + f_per_thread * tid;  // [QB, G, d_pad]
     float* acc = qrows + rows * d_pad;                // [QB, G, dv_pad]
@@ -116,40 +119,46 @@ static void gather_forward_impl(const GatherParams& p) {
     int32_t* ksorted = kslab.data() + QB * K * tid;  // [QB, K]
     int64_t* starts = islab.data() + i_per_thread * tid;  // [QB, num_chunks + 1]
     fill_floats(zero_row, zero_row + d_pad, 0.0f);
+    int64_t bucketed = -1;  // the list row block now in ksorted (shared lists: reused by heads)
 
     for (int64_t item = begin; item < end; ++item) {
-      // Zig-zag over the query blocks of one (b, kv head): contiguous ranges carry equal causal
-      // work.
-      const int64_t bh = item / num_q_blocks, t = item % num_q_blocks;
+      // Items run (b, query block, kv head) with the head innermost, so the heads of a shared
+      // list reuse its bucketing. Zig-zag over the query blocks: contiguous ranges carry equal
+      // causal work.
+      const int64_t hkv = item % Hkv, bt = item / Hkv;
+      const int64_t b = bt / num_q_blocks, t = bt % num_q_blocks;
       const int64_t qb = (t % 2 == 0) ? t / 2 : num_q_blocks - 1 - t / 2;
-      const int64_t b = bh / Hkv, hkv = bh % Hkv, i0 = qb * QB, nq = std::min(QB, Tq - i0);
+      const int64_t i0 = qb * QB, nq = std::min(QB, Tq - i0);
       const int64_t k_base = b * p.k_stride_b + hkv * p.k_stride_h;
       const int64_t v_base = b * p.v_stride_b + hkv * p.v_stride_h;
 
-      // Per query: q rows, a fresh softmax state, and its usable list entries bucketed by chunk
-      // (a counting sort; order inside a chunk is the list order).
+      // Per query: q rows and a fresh softmax state.
       for (int64_t qi = 0; qi < nq; ++qi) {
-        const int64_t i = i0 + qi, row = (b * Hkv + hkv) * Tq + i;
         for (int64_t g = 0; g < G; ++g) {
           const int64_t h = hkv * G + g;
-          load_row(p.q, p.dtype, b * p.q_stride_b + h * p.q_stride_h + i * p.q_stride_t,
+          load_row(p.q, p.dtype, b * p.q_stride_b + h * p.q_stride_h + (i0 + qi) * p.q_stride_t,
                    p.q_stride_d, D, d_pad, qrows + (qi * G + g) * d_pad);
           m[qi * G + g] = kNegInf;
           l[qi * G + g] = 0.0f;
         }
         fill_floats(acc + qi * G * dv_pad, acc + (qi + 1) * G * dv_pad, 0.0f);
-        const int64_t* idx = p.indices + p.list_row(row) * K;
-        const float* w = p.maybe_weights ? p.maybe_weights + p.list_row(row) * K : nullptr;
+      }
+      // Per query: its usable list entries bucketed by chunk (a counting sort; order inside a
+      // chunk is the list order).
+      const int64_t first_row = p.list_row((b * Hkv + hkv) * Tq + i0);
+      for (int64_t qi = 0; qi < nq && first_row != bucketed; ++qi) {
+        const int64_t* idx = p.indices + (first_row + qi) * K;
+        const float* w = p.maybe_weights ? p.maybe_weights + (first_row + qi) * K : nullptr;
         int64_t* st = starts + qi * (num_chunks + 1);
         std::fill(st, st + num_chunks + 1, int64_t{0});
         for (int64_t n = 0; n < K; ++n) {
-          if (idx[n] >= 0 && (w == nullptr || w[n] > 0.0f)) ++st[idx[n] / chunk_keys + 1];
+          if (idx[n] >= 0 && (w == nullptr || w[n] > 0.0f)) ++st[(idx[n] >> chunk_shift) + 1];
         }
         for (int64_t c = 0; c < num_chunks; ++c) st[c + 1] += st[c];
         int64_t* fill = st;  // reuse: st[c] advances while filling, then is restored below
         for (int64_t n = 0; n < K; ++n) {
           if (idx[n] < 0 || (w != nullptr && w[n] <= 0.0f)) continue;
-          const int64_t slot = qi * K + fill[idx[n] / chunk_keys]++;
+          const int64_t slot = qi * K + fill[idx[n] >> chunk_shift]++;
           ksorted[slot] = static_cast<int32_t>(idx[n]);
           if (w != nullptr) wsorted[slot] = w[n];
         }
@@ -157,6 +166,7 @@ static void gather_forward_impl(const GatherParams& p) {
         for (int64_t c = num_chunks; c > 0; --c) st[c] = st[c - 1];
         st[0] = 0;
       }
+      bucketed = first_row;
 
       for (int64_t chunk = 0; chunk < num_chunks; ++chunk) {
         for (int64_t qi = 0; qi < nq; ++qi) {
