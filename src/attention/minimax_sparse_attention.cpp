@@ -201,8 +201,17 @@ MiniMaxSparseOutput MiniMaxSparseAttentionImpl::run(const torch::Tensor& x,
           torch::div(pos, bs, "floor").clamp_max(nb - 1).view({1, 1, T, 1}).expand({B, Gk, T, 1});
       sel = torch::cat({sel, current.masked_fill((sel == current).any(-1, true), -1)}, -1);
     }
-    // Token lists by chunks of queries ([B, Gk, n, nsel * bs] int64 each): a block's tokens,
-    // -1 past Tk, in the future or masked.
+    // The kernel reads the block lists and drops future keys itself. An attn_mask turns them
+    // into token lists, by chunks of queries ([B, Gk, n, nsel * bs] int64 each): a block's
+    // tokens, -1 past Tk, in the future or masked.
+    MiniMaxSparseOutput out;
+    if (!mask.defined()) {
+      auto opts = functional::GatherAttentionOptions().block_size(bs).causal(o.causal());
+      out.output = proj(functional::gather_attention(qm, km, vm, sel, {}, opts)
+                            .output.transpose(1, 2)
+                            .reshape({B, T, D}));
+      return out;
+    }
     const int64_t nsel = sel.size(-1);
     const int64_t rows = std::max<int64_t>(1, (int64_t{1} << 22) / (B * Gk * nsel * bs));
     torch::Tensor offsets = torch::arange(bs, i64);
@@ -213,19 +222,13 @@ MiniMaxSparseOutput MiniMaxSparseAttentionImpl::run(const torch::Tensor& x,
       torch::Tensor tok = (blocks.mul(bs).unsqueeze(-1) + offsets).view({B, Gk, n, -1});
       torch::Tensor ok =
           blocks.ge(0).unsqueeze(-1).expand({B, Gk, n, nsel, bs}).reshape({B, Gk, n, -1}) &
-          tok.lt(Tk);
+          tok.lt(Tk) &
+          mask.narrow(1, r0, n).unsqueeze(1).expand({B, Gk, n, Tk}).gather(-1, tok.clamp(0, Tk - 1));
       if (o.causal()) ok = ok & tok.le(pos.narrow(0, r0, n));
-      if (mask.defined()) {
-        ok = ok & mask.narrow(1, r0, n)
-                      .unsqueeze(1)
-                      .expand({B, Gk, n, Tk})
-                      .gather(-1, tok.clamp(0, Tk - 1));
-      }
       outs.push_back(functional::gather_attention(qm.narrow(2, r0, n), km, vm,
                                                   tok.masked_fill(ok.logical_not(), -1))
                          .output);
     }
-    MiniMaxSparseOutput out;
     out.output = proj(torch::cat(outs, 2).transpose(1, 2).reshape({B, T, D}));
     return out;
   }

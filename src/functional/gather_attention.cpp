@@ -32,11 +32,14 @@ void check_gather_inputs(const char* fn,
   TORCH_CHECK(!indices.is_floating_point() && !indices.is_complex() &&
                   indices.scalar_type() != torch::kBool,
               fn, ": expected integer indices, got ", indices.scalar_type());
+  TORCH_CHECK(o.block_size() >= 1, fn, ": expected block_size >= 1, got ", o.block_size());
   if (indices.numel() > 0) {
     // One pass over the indices (they may be T x K long).
     const auto range = torch::aminmax(indices);
     const int64_t lo = std::get<0>(range).item<int64_t>(), hi = std::get<1>(range).item<int64_t>();
-    TORCH_CHECK(lo >= -1 && hi < k.size(2), fn, ": expected indices in [-1, Tk) = [-1, ", k.size(2),
+    const int64_t units = (k.size(2) + o.block_size() - 1) / o.block_size();
+    TORCH_CHECK(lo >= -1 && hi < units, fn, ": expected indices in [-1, ",
+                o.block_size() > 1 ? "number of key blocks" : "Tk", ") = [-1, ", units,
                 "), got values in [", lo, ", ", hi, "]");
   }
   TORCH_CHECK(k.size(2) <= std::numeric_limits<int32_t>::max(), fn,
@@ -101,6 +104,8 @@ Prepared prepare(const torch::Tensor& q,
     p.maybe_sinks = prep.sinks.data_ptr<float>();
   }
   p.scale = static_cast<float>(o.scale().value_or(1.0 / std::sqrt(static_cast<double>(q.size(3)))));
+  p.block_size = o.block_size();
+  p.causal = o.causal();
   return prep;
 }
 
@@ -209,11 +214,17 @@ GatherAttentionResult gather_attention_reference(const torch::Tensor& q,
   check_gather_inputs("gather_attention_reference", q, k, v, indices, weights, o);
   const int64_t B = q.size(0), Hq = q.size(1), Tq = q.size(2), D = q.size(3);
   const int64_t Hkv = k.size(1), Tk = k.size(2), Dv = v.size(3), G = Hq / Hkv;
-  const int64_t K = indices.size(3);
+  const int64_t bs = o.block_size(), K = indices.size(3) * bs;
   const auto compute = q.scalar_type() == torch::kDouble ? torch::kDouble : torch::kFloat;
   const double scale = o.scale().value_or(1.0 / std::sqrt(static_cast<double>(D)));
+  // Token lists [B, Hkv or 1, Tq, K]: the keys of each block (weights repeated), -1 past Tk
+  // or (causal) after the query.
   torch::Tensor idx = indices.to(torch::kLong);
-  torch::Tensor valid = idx >= 0;  // [B, Hkv, Tq, K]
+  torch::Tensor tok = (idx.unsqueeze(-1) * bs + torch::arange(bs, idx.options())).flatten(-2);
+  torch::Tensor keep = idx.ge(0).repeat_interleave(bs, -1) & tok.lt(Tk);
+  if (o.causal()) keep = keep & tok.le(torch::arange(Tq, idx.options()).add(Tk - Tq).view({Tq, 1}));
+  idx = tok.masked_fill(keep.logical_not(), -1);
+  torch::Tensor valid = idx >= 0;  // [B, Hkv or 1, Tq, K]
   torch::Tensor safe = idx.clamp_min(0);
   // Gathered keys and values: [B, Hkv, Tq, K, D].
   torch::Tensor kg = k.to(compute)
@@ -226,7 +237,8 @@ GatherAttentionResult gather_attention_reference(const torch::Tensor& q,
                          .gather(3, safe.unsqueeze(-1).expand({B, Hkv, Tq, K, Dv}));
   torch::Tensor qg = q.to(compute).reshape({B, Hkv, G, Tq, D});
   torch::Tensor s = torch::einsum("bhgtd,bhtkd->bhgtk", {qg, kg}) * scale;  // [B,Hkv,G,Tq,K]
-  torch::Tensor w = weights.defined() ? weights.to(compute) : torch::ones_like(s.select(2, 0));
+  torch::Tensor w = weights.defined() ? weights.to(compute).repeat_interleave(bs, -1)
+                                      : torch::ones_like(s.select(2, 0));
   torch::Tensor usable = (valid & (w > 0)).unsqueeze(2).expand_as(s);
   s = s.masked_fill(usable.logical_not(), -std::numeric_limits<double>::infinity());
   torch::Tensor m = std::get<0>(s.detach().max(-1, /*keepdim=*/true));  // [B, Hkv, G, Tq, 1]

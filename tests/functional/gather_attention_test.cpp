@@ -219,6 +219,85 @@ TEST(GatherAttention, ListsSpanningManyChunksMatchReference) {
   }
 }
 
+// Block lists [B, Hkv, Tq, K] of block ids -> token lists [B, Hkv, Tq, K * bs] by loops: the
+// keys of each block that exist and (causal) are not after the query; -1 elsewhere.
+std::pair<torch::Tensor, torch::Tensor> expand_blocks(const torch::Tensor& blocks,
+                                                      const torch::Tensor& w,
+                                                      int64_t bs,
+                                                      int64_t Tk,
+                                                      bool causal) {
+  const int64_t B = blocks.size(0), H = blocks.size(1), Tq = blocks.size(2), K = blocks.size(3);
+  torch::Tensor tok = torch::full({B, H, Tq, K * bs}, -1, torch::kLong);
+  torch::Tensor tw = torch::zeros({B, H, Tq, K * bs});
+  auto b_a = blocks.accessor<int64_t, 4>();
+  auto t_a = tok.accessor<int64_t, 4>();
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t h = 0; h < H; ++h)
+      for (int64_t i = 0; i < Tq; ++i)
+        for (int64_t n = 0; n < K; ++n)
+          for (int64_t c = 0; c < bs; ++c) {
+            const int64_t j = b_a[b][h][i][n] * bs + c;
+            if (b_a[b][h][i][n] >= 0 && j < Tk && (!causal || j <= i + Tk - Tq))
+              t_a[b][h][i][n * bs + c] = j;
+            if (w.defined()) tw[b][h][i][n * bs + c] = w[b][h][i][n];
+          }
+  return {tok, w.defined() ? tw : torch::Tensor()};
+}
+
+// block_size / causal: the same result as the token lists they stand for, forward (bf16 too)
+// and backward (the weight gradient sums over each block's keys); the partial last block and
+// Tq < Tk (bottom-right causal alignment) included.
+TEST(GatherAttention, BlockListsEqualTheirTokenLists) {
+  const int64_t bs = 8, Tq = 20, Tk = 45, nb = 6;  // last block holds 5 keys
+  for (auto dtype : {torch::kFloat, torch::kBFloat16}) {
+    GatherInputs in = make(1, 4, 2, Tq, Tk, 32, 16, 4, dtype);
+    torch::Tensor blocks = torch::randint(0, nb, {1, 2, Tq, 4});
+    blocks.masked_fill_(torch::rand({1, 2, Tq, 4}) < 0.2, -1);
+    const testing::Tolerance tol = testing::tolerance_for(dtype);
+    for (bool causal : {false, true}) {
+      for (bool weighted : {false, true}) {
+        SCOPED_TRACE(std::to_string(causal) + std::to_string(weighted));
+        torch::Tensor w = weighted ? in.w : torch::Tensor();
+        auto tokens = expand_blocks(blocks, w, bs, Tk, causal);
+        auto opts = GatherAttentionOptions().block_size(bs).causal(causal);
+        auto e = gather_attention_reference(in.q.to(torch::kDouble), in.k.to(torch::kDouble),
+                                            in.v.to(torch::kDouble), tokens.first,
+                                            weighted ? tokens.second.to(torch::kDouble) : w);
+        auto rb = gather_attention_reference(in.q.to(torch::kDouble), in.k.to(torch::kDouble),
+                                             in.v.to(torch::kDouble), blocks,
+                                             weighted ? w.to(torch::kDouble) : w, opts);
+        EXPECT_TRUE(torch::allclose(rb.output, e.output, 1e-10, 1e-10));
+        for (const char* isa : testing::isa_paths()) {
+          SCOPED_TRACE(isa);
+          testing::EnvGuard guard("ATTNKIT_CPU_CAPABILITY", isa);
+          auto r = gather_attention(in.q, in.k, in.v, blocks, w, opts);
+          EXPECT_TRUE(torch::allclose(r.output.to(torch::kDouble), e.output, tol.rtol, tol.atol))
+              << (r.output.to(torch::kDouble) - e.output).abs().max().item<double>();
+          EXPECT_TRUE(torch::allclose(r.lse.to(torch::kDouble), e.lse, 1e-4, 1e-4));
+        }
+      }
+    }
+  }
+  GatherInputs in = make(1, 4, 2, Tq, Tk, 32, 16, 4, torch::kFloat);
+  torch::Tensor blocks = torch::randint(0, nb, {1, 2, Tq, 4});
+  torch::Tensor w0 = torch::rand({1, 2, Tq, 4}) + 0.1;
+  torch::Tensor dout = torch::randn({1, 4, Tq, 16});
+  auto run = [&](bool fused) {
+    auto dt = fused ? torch::kFloat : torch::kDouble;
+    torch::Tensor q = in.q.to(dt).detach().requires_grad_(true),
+                  k = in.k.to(dt).detach().requires_grad_(true);
+    torch::Tensor v = in.v.to(dt).detach().requires_grad_(true),
+                  w = w0.to(dt).detach().requires_grad_(true);
+    auto opts = GatherAttentionOptions().block_size(bs).causal(true);
+    torch::Tensor out = fused ? gather_attention(q, k, v, blocks, w, opts).output
+                              : gather_attention_reference(q, k, v, blocks, w, opts).output;
+    (out.to(torch::kDouble) * dout.to(torch::kDouble)).sum().backward();
+    return std::vector<torch::Tensor>{q.grad(), k.grad(), v.grad(), w.grad()};
+  };
+  auto expected = run(false);
+  expect_grads_on_every_isa([&] { return run(true); }, expected);
+}
+
 TEST(GatherAttention, DenseIndicesEqualFullAttention) {
   GatherInputs in = make(1, 2, 1, 5, 5, 16, 16, 5, torch::kFloat);
   torch::Tensor all = torch::arange(5).view({1, 1, 1, 5}).expand({1, 1, 5, 5});
@@ -232,6 +311,14 @@ TEST(GatherAttention, ErrorsNameArgumentAndValues) {
   EXPECT_THAT([&] { gather_attention(in.q, in.k, in.v, in.idx + 10); },
               ::testing::ThrowsMessage<c10::Error>(::testing::HasSubstr(
                   "gather_attention: expected indices in [-1, Tk) = [-1, 5)")));
+  EXPECT_THAT(
+      [&] { gather_attention(in.q, in.k, in.v, in.idx, {}, GatherAttentionOptions().block_size(2)); },
+      ::testing::ThrowsMessage<c10::Error>(::testing::HasSubstr(
+          "gather_attention: expected indices in [-1, number of key blocks) = [-1, 3), got")));
+  EXPECT_THAT(
+      [&] { gather_attention(in.q, in.k, in.v, in.idx, {}, GatherAttentionOptions().block_size(0)); },
+      ::testing::ThrowsMessage<c10::Error>(
+          ::testing::HasSubstr("gather_attention: expected block_size >= 1, got 0")));
   EXPECT_THAT([&] { gather_attention(in.q, in.k, in.v, in.idx.squeeze(0)); },
               ::testing::ThrowsMessage<c10::Error>(
                   ::testing::HasSubstr("expected indices of shape [B, Hkv or 1, Tq, K]")));

@@ -18,6 +18,14 @@ struct GatherAttentionOptions {
   /// softmax denominator, as an extra key whose value is zero. Differentiable. Undefined means
   /// none. Default: undefined
   TORCH_ARG(torch::Tensor, sinks);
+  /// Each index names a block of this many consecutive keys: index e stands for the keys
+  /// [e * block_size, e * block_size + block_size) that exist (block-sparse attention: MiniMax
+  /// sparse attention, NSA-style selection). A weight applies to every key of its block.
+  /// Default: 1 (token lists)
+  TORCH_ARG(int64_t, block_size) = 1;
+  /// Drop listed keys that lie after the query (key j > i + Tk - Tq, bottom-right aligned), so
+  /// lists of whole blocks need no per-token trimming. Default: false
+  TORCH_ARG(bool, causal) = false;
 };
 
 /// What `gather_attention` returns.
@@ -34,8 +42,9 @@ struct GatherAttentionResult {
 ///   p_j = w_j exp(s_j) / (sum_j' w_j' exp(s_j') + exp(sink_h)), s_j = scale q . k[idx_j],
 ///   out = sum_j p_j v[idx_j]  (no sink term without options.sinks)
 ///   q: [B, Hq, Tq, D], k: [B, Hkv, Tk, D], v: [B, Hkv, Tk, Dv],
-///   indices: [B, Hkv, Tq, K] integer key positions (-1 = unused slot), or [B, 1, Tq, K]: one
-///            list per query shared by every kv head (read in place, never copied per head),
+///   indices: [B, Hkv, Tq, K] integer key positions (-1 = unused slot; block ids with
+///            options.block_size > 1), or [B, 1, Tq, K]: one list per query shared by every kv
+///            head (read in place, never copied per head),
 ///   weights: the shape of indices, non-negative, optional -> output [B, Hq, Tq, Dv]
 /// fp32 and bf16 run the fused kernels (ATTNKIT_BACKEND=reference forces the composition of
 /// torch ops); fp64 runs the composition.

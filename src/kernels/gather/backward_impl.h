@@ -8,7 +8,8 @@
 
 static void gather_backward_impl(const GatherParams& p, const GatherBackwardParams& gr) {
   const int64_t B = p.batch_size, Hq = p.num_heads_q, Hkv = p.num_heads_kv, G = Hq / Hkv;
-  const int64_t Tq = p.seq_len_q, Tkv = p.seq_len_kv, K = p.num_keys;
+  const int64_t Tq = p.seq_len_q, Tkv = p.seq_len_kv, K = p.num_keys, S = p.slots();
+  const int64_t bs = p.block_size;
   const int64_t D = p.head_dim, Dv = p.head_dim_v;
   const int64_t d_pad = round_up_lanes(D), dv_pad = round_up_lanes(Dv);
   constexpr float kNegInf = -std::numeric_limits<float>::infinity();
@@ -20,6 +21,7 @@ static void gather_backward_impl(const GatherParams& p, const GatherBackwardPara
   const int64_t f_kv = B * Hkv * Tkv * (D + Dv);
   const int64_t per_thread = f_rows + f_blocks + f_kv;
   std::vector<float> slab(static_cast<size_t>(per_thread * num_threads), 0.0f);
+  std::vector<int64_t> key_slab(static_cast<size_t>(S * num_threads));
 
   at::parallel_for(0, B * Hkv * Tq, 16, [&](int64_t begin, int64_t end) {
     float* base = slab.data() + per_thread * at::get_thread_num();
@@ -34,10 +36,11 @@ static void gather_backward_impl(const GatherParams& p, const GatherBackwardPara
     float* vt = vblock + L * dv_pad;               // [dv_pad, L]
     float* dk_copy = vt + L * dv_pad;              // [B, Hkv, Tkv, D]
     float* dv_copy = dk_copy + B * Hkv * Tkv * D;  // [B, Hkv, Tkv, Dv]
+    int64_t* keys = key_slab.data() + S * at::get_thread_num();  // the row's key per slot
     for (int64_t row = begin; row < end; ++row) {
       const int64_t b = row / (Hkv * Tq), hkv = (row / Tq) % Hkv, i = row % Tq;
-      const int64_t* idx = p.indices + p.list_row(row) * K;
       const float* w = p.maybe_weights ? p.maybe_weights + p.list_row(row) * K : nullptr;
+      p.row_keys(p.indices + p.list_row(row) * K, i, keys);
       bool any_row = false;
       for (int64_t g = 0; g < G; ++g) {
         const int64_t h = hkv * G + g, out_row = (b * Hq + h) * Tq + i;
@@ -56,16 +59,16 @@ static void gather_backward_impl(const GatherParams& p, const GatherBackwardPara
       if (!any_row) continue;  // no usable key: the zero output depends on nothing
       float* dk_base = dk_copy + (b * Hkv + hkv) * Tkv * D;
       float* dv_base = dv_copy + (b * Hkv + hkv) * Tkv * Dv;
-      for (int64_t n0 = 0; n0 < K; n0 += L) {
-        const int64_t nk = std::min<int64_t>(L, K - n0);
+      for (int64_t n0 = 0; n0 < S; n0 += L) {
+        const int64_t nk = std::min<int64_t>(L, S - n0);
         for (int64_t c = 0; c < L; ++c) {
           const int64_t n = n0 + c;
           float* kd = kblock + c * d_pad;
           float* vd = vblock + c * dv_pad;
-          if (c < nk && idx[n] >= 0) {
-            load_row(p.k, p.dtype, b * p.k_stride_b + hkv * p.k_stride_h + idx[n] * p.k_stride_t,
+          if (c < nk && keys[n] >= 0) {
+            load_row(p.k, p.dtype, b * p.k_stride_b + hkv * p.k_stride_h + keys[n] * p.k_stride_t,
                      p.k_stride_d, D, d_pad, kd);
-            load_row(p.v, p.dtype, b * p.v_stride_b + hkv * p.v_stride_h + idx[n] * p.v_stride_t,
+            load_row(p.v, p.dtype, b * p.v_stride_b + hkv * p.v_stride_h + keys[n] * p.v_stride_t,
                      p.v_stride_d, Dv, dv_pad, vd);
           } else {
             fill_floats(kd, kd + d_pad, 0.0f);
@@ -89,12 +92,12 @@ static void gather_backward_impl(const GatherParams& p, const GatherBackwardPara
           Vec::store(s, sv);
           Vec::store(dp, dpv);
           for (int64_t c = 0; c < nk; ++c) {
-            const int64_t n = n0 + c, j = idx[n];
-            if (j < 0 || (w != nullptr && w[n] <= 0.0f)) continue;
+            const int64_t n = n0 + c, j = keys[n];
+            if (j < 0 || (w != nullptr && w[n / bs] <= 0.0f)) continue;
             const float en = std::exp(p.scale * s[c] - lse[g]);
-            const float pn = (w ? w[n] : 1.0f) * en;
+            const float pn = (w ? w[n / bs] : 1.0f) * en;
             if (gr.maybe_dweights != nullptr)
-              gr.maybe_dweights[p.list_row(row) * K + n] += en * (dp[c] - di[g]);
+              gr.maybe_dweights[p.list_row(row) * K + n / bs] += en * (dp[c] - di[g]);
             const float ds = p.scale * pn * (dp[c] - di[g]);
             // dq += scale dS k ; dk += scale dS q ; dv += p dO
             const typename Vec::reg vds = Vec::set1(ds), vp = Vec::set1(pn);

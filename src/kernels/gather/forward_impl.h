@@ -72,7 +72,9 @@ constexpr int64_t kMinChunkKeys = 512;
 
 static void gather_forward_impl(const GatherParams& p) {
   const int64_t Hq = p.num_heads_q, Hkv = p.num_heads_kv, G = Hq / Hkv, Tq = p.seq_len_q;
-  const int64_t K = p.num_keys, D = p.head_dim, Dv = p.head_dim_v;
+  // K: slots per list row (entries x block size); E: entries.
+  const int64_t K = p.slots(), E = p.num_keys, bs = p.block_size;
+  const int64_t D = p.head_dim, Dv = p.head_dim_v;
   const int64_t d_pad = round_up_lanes(D), dv_pad = round_up_lanes(Dv);
   const int64_t QB = std::min(
       Tq,
@@ -147,20 +149,30 @@ static void gather_forward_impl(const GatherParams& p) {
       // chunk is the list order).
       const int64_t first_row = p.list_row((b * Hkv + hkv) * Tq + i0);
       for (int64_t qi = 0; qi < nq && first_row != bucketed; ++qi) {
-        const int64_t* idx = p.indices + (first_row + qi) * K;
-        const float* w = p.maybe_weights ? p.maybe_weights + (first_row + qi) * K : nullptr;
+        const int64_t* idx = p.indices + (first_row + qi) * E;
+        const float* w = p.maybe_weights ? p.maybe_weights + (first_row + qi) * E : nullptr;
+        const int64_t key_end = p.key_end(i0 + qi);
+        // The keys [lo, hi) of entry n: its block, cut at the row's end; empty when unused.
+        auto range = [&](int64_t n, int64_t& lo, int64_t& hi) {
+          lo = idx[n] * bs;
+          hi = idx[n] < 0 || (w != nullptr && w[n] <= 0.0f) ? lo : std::min(lo + bs, key_end);
+        };
         int64_t* st = starts + qi * (num_chunks + 1);
         std::fill(st, st + num_chunks + 1, int64_t{0});
-        for (int64_t n = 0; n < K; ++n) {
-          if (idx[n] >= 0 && (w == nullptr || w[n] > 0.0f)) ++st[(idx[n] >> chunk_shift) + 1];
+        int64_t lo, hi;
+        for (int64_t n = 0; n < E; ++n) {
+          range(n, lo, hi);
+          for (int64_t j = lo; j < hi; ++j) ++st[(j >> chunk_shift) + 1];
         }
         for (int64_t c = 0; c < num_chunks; ++c) st[c + 1] += st[c];
         int64_t* fill = st;  // reuse: st[c] advances while filling, then is restored below
-        for (int64_t n = 0; n < K; ++n) {
-          if (idx[n] < 0 || (w != nullptr && w[n] <= 0.0f)) continue;
-          const int64_t slot = qi * K + fill[idx[n] >> chunk_shift]++;
-          ksorted[slot] = static_cast<int32_t>(idx[n]);
-          if (w != nullptr) wsorted[slot] = w[n];
+        for (int64_t n = 0; n < E; ++n) {
+          range(n, lo, hi);
+          for (int64_t j = lo; j < hi; ++j) {
+            const int64_t slot = qi * K + fill[j >> chunk_shift]++;
+            ksorted[slot] = static_cast<int32_t>(j);
+            if (w != nullptr) wsorted[slot] = w[n];
+          }
         }
         // fill[c] now holds the end of chunk c = the start of chunk c + 1: shift back.
         for (int64_t c = num_chunks; c > 0; --c) st[c] = st[c - 1];

@@ -4,6 +4,7 @@
 // query (index -1 = unused slot), D / Dv head dims. Indices and weights are per kv head, shared
 // by the G query heads of the group, which is what lets one key load serve all of them.
 
+#include <algorithm>
 #include <cstdint>
 
 #include "kernels/flash/params.h"
@@ -37,6 +38,27 @@ struct GatherParams {
   float scale = 1.0f;
   // indices (and weights) are [B, 1, Tq, K]: one list per query, shared by every kv head.
   bool shared_lists = false;
+  // A list entry e names the keys [e * block_size, e * block_size + block_size) that exist
+  // (< Tkv): a list row has slots() = K * block_size slots, slot n in entry n / block_size.
+  int64_t block_size = 1;
+  // Keys after the query (j > i + Tkv - Tq, bottom-right aligned) are dropped from its list.
+  bool causal = false;
+
+  int64_t slots() const { return num_keys * block_size; }
+  /// One past the last key query i may use.
+  int64_t key_end(int64_t i) const {
+    return causal ? std::min(seq_len_kv, i + seq_len_kv - seq_len_q + 1) : seq_len_kv;
+  }
+  /// keys[n] = the key of slot n of query i's list `idx`, or -1 (unused, past Tkv, future).
+  void row_keys(const int64_t* idx, int64_t i, int64_t* keys) const {
+    const int64_t end = key_end(i);
+    for (int64_t e = 0; e < num_keys; ++e) {
+      for (int64_t c = 0; c < block_size; ++c) {
+        const int64_t j = idx[e] * block_size + c;
+        keys[e * block_size + c] = idx[e] >= 0 && j < end ? j : -1;
+      }
+    }
+  }
 
   /// Offset / K of the list of work row (b * Hkv + hkv) * Tq + i.
   int64_t list_row(int64_t row) const {
