@@ -223,7 +223,10 @@ MiniMaxSparseOutput MiniMaxSparseAttentionImpl::run(const torch::Tensor& x,
       torch::Tensor ok =
           blocks.ge(0).unsqueeze(-1).expand({B, Gk, n, nsel, bs}).reshape({B, Gk, n, -1}) &
           tok.lt(Tk) &
-          mask.narrow(1, r0, n).unsqueeze(1).expand({B, Gk, n, Tk}).gather(-1, tok.clamp(0, Tk - 1));
+          mask.narrow(1, r0, n)
+              .unsqueeze(1)
+              .expand({B, Gk, n, Tk})
+              .gather(-1, tok.clamp(0, Tk - 1));
       if (o.causal()) ok = ok & tok.le(pos.narrow(0, r0, n));
       outs.push_back(functional::gather_attention(qm.narrow(2, r0, n), km, vm,
                                                   tok.masked_fill(ok.logical_not(), -1))

@@ -53,26 +53,30 @@ void expect_grads_on_every_isa(const std::function<std::vector<torch::Tensor>()>
   }
 }
 
+// Heads per kv head G = 2, 4 and 3 (the kernel takes them 4, 2 and 1 at a time).
 TEST(GatherAttention, ForwardMatchesReference) {
-  for (auto dtype : {torch::kFloat, torch::kBFloat16}) {
-    GatherInputs in = make(2, 4, 2, 9, 50, 40, 24, 12, dtype);
-    for (bool weighted : {false, true}) {
-      torch::Tensor w = weighted ? in.w : torch::Tensor();
-      for (const char* isa : testing::isa_paths()) {
-        SCOPED_TRACE(isa);
-        testing::EnvGuard guard("ATTNKIT_CPU_CAPABILITY", isa);
-        auto r = gather_attention(in.q, in.k, in.v, in.idx, w);
-        auto e = gather_attention_reference(in.q.to(torch::kDouble), in.k.to(torch::kDouble),
-                                            in.v.to(torch::kDouble), in.idx,
-                                            weighted ? w.to(torch::kDouble) : w);
-        const testing::Tolerance tol = testing::tolerance_for(dtype);
-        EXPECT_TRUE(torch::allclose(r.output.to(torch::kDouble), e.output, tol.rtol, tol.atol));
-        EXPECT_TRUE(torch::equal(r.output.select(2, 1), torch::zeros_like(r.output.select(2, 1))));
-        EXPECT_TRUE(torch::isneginf(r.lse.select(2, 1)).all().item<bool>());
-        EXPECT_FALSE(r.output.isnan().any().item<bool>());
+  for (auto dtype : {torch::kFloat, torch::kBFloat16})
+    for (auto heads : {std::make_pair(4, 2), std::make_pair(8, 2), std::make_pair(3, 1)}) {
+      SCOPED_TRACE(heads.first);
+      GatherInputs in = make(2, heads.first, heads.second, 9, 50, 40, 24, 12, dtype);
+      for (bool weighted : {false, true}) {
+        torch::Tensor w = weighted ? in.w : torch::Tensor();
+        for (const char* isa : testing::isa_paths()) {
+          SCOPED_TRACE(isa);
+          testing::EnvGuard guard("ATTNKIT_CPU_CAPABILITY", isa);
+          auto r = gather_attention(in.q, in.k, in.v, in.idx, w);
+          auto e = gather_attention_reference(in.q.to(torch::kDouble), in.k.to(torch::kDouble),
+                                              in.v.to(torch::kDouble), in.idx,
+                                              weighted ? w.to(torch::kDouble) : w);
+          const testing::Tolerance tol = testing::tolerance_for(dtype);
+          EXPECT_TRUE(torch::allclose(r.output.to(torch::kDouble), e.output, tol.rtol, tol.atol));
+          EXPECT_TRUE(
+              torch::equal(r.output.select(2, 1), torch::zeros_like(r.output.select(2, 1))));
+          EXPECT_TRUE(torch::isneginf(r.lse.select(2, 1)).all().item<bool>());
+          EXPECT_FALSE(r.output.isnan().any().item<bool>());
+        }
       }
     }
-  }
 }
 
 TEST(GatherAttention, GradientsMatchAutogradThroughTheReference) {
@@ -221,11 +225,8 @@ TEST(GatherAttention, ListsSpanningManyChunksMatchReference) {
 
 // Block lists [B, Hkv, Tq, K] of block ids -> token lists [B, Hkv, Tq, K * bs] by loops: the
 // keys of each block that exist and (causal) are not after the query; -1 elsewhere.
-std::pair<torch::Tensor, torch::Tensor> expand_blocks(const torch::Tensor& blocks,
-                                                      const torch::Tensor& w,
-                                                      int64_t bs,
-                                                      int64_t Tk,
-                                                      bool causal) {
+std::pair<torch::Tensor, torch::Tensor> expand_blocks(
+    const torch::Tensor& blocks, const torch::Tensor& w, int64_t bs, int64_t Tk, bool causal) {
   const int64_t B = blocks.size(0), H = blocks.size(1), Tq = blocks.size(2), K = blocks.size(3);
   torch::Tensor tok = torch::full({B, H, Tq, K * bs}, -1, torch::kLong);
   torch::Tensor tw = torch::zeros({B, H, Tq, K * bs});
@@ -312,11 +313,15 @@ TEST(GatherAttention, ErrorsNameArgumentAndValues) {
               ::testing::ThrowsMessage<c10::Error>(::testing::HasSubstr(
                   "gather_attention: expected indices in [-1, Tk) = [-1, 5)")));
   EXPECT_THAT(
-      [&] { gather_attention(in.q, in.k, in.v, in.idx, {}, GatherAttentionOptions().block_size(2)); },
+      [&] {
+        gather_attention(in.q, in.k, in.v, in.idx, {}, GatherAttentionOptions().block_size(2));
+      },
       ::testing::ThrowsMessage<c10::Error>(::testing::HasSubstr(
           "gather_attention: expected indices in [-1, number of key blocks) = [-1, 3), got")));
   EXPECT_THAT(
-      [&] { gather_attention(in.q, in.k, in.v, in.idx, {}, GatherAttentionOptions().block_size(0)); },
+      [&] {
+        gather_attention(in.q, in.k, in.v, in.idx, {}, GatherAttentionOptions().block_size(0));
+      },
       ::testing::ThrowsMessage<c10::Error>(
           ::testing::HasSubstr("gather_attention: expected block_size >= 1, got 0")));
   EXPECT_THAT([&] { gather_attention(in.q, in.k, in.v, in.idx.squeeze(0)); },

@@ -25,17 +25,17 @@ static void gather_backward_impl(const GatherParams& p, const GatherBackwardPara
 
   at::parallel_for(0, B * Hkv * Tq, 16, [&](int64_t begin, int64_t end) {
     float* base = slab.data() + per_thread * at::get_thread_num();
-    float* qrow = base;                            // [G, d_pad]
-    float* dorow = qrow + G * d_pad;               // [G, dv_pad]
-    float* dqrow = dorow + G * dv_pad;             // [G, d_pad]
-    float* lse = dqrow + G * d_pad;                // [G]
-    float* di = lse + G;                           // [G]
-    float* kblock = di + G;                        // [L, d_pad]
-    float* kt = kblock + L * d_pad;                // [d_pad, L]
-    float* vblock = kt + L * d_pad;                // [L, dv_pad]
-    float* vt = vblock + L * dv_pad;               // [dv_pad, L]
-    float* dk_copy = vt + L * dv_pad;              // [B, Hkv, Tkv, D]
-    float* dv_copy = dk_copy + B * Hkv * Tkv * D;  // [B, Hkv, Tkv, Dv]
+    float* qrow = base;                                          // [G, d_pad]
+    float* dorow = qrow + G * d_pad;                             // [G, dv_pad]
+    float* dqrow = dorow + G * dv_pad;                           // [G, d_pad]
+    float* lse = dqrow + G * d_pad;                              // [G]
+    float* di = lse + G;                                         // [G]
+    float* kblock = di + G;                                      // [L, d_pad]
+    float* kt = kblock + L * d_pad;                              // [d_pad, L]
+    float* vblock = kt + L * d_pad;                              // [L, dv_pad]
+    float* vt = vblock + L * dv_pad;                             // [dv_pad, L]
+    float* dk_copy = vt + L * dv_pad;                            // [B, Hkv, Tkv, D]
+    float* dv_copy = dk_copy + B * Hkv * Tkv * D;                // [B, Hkv, Tkv, Dv]
     int64_t* keys = key_slab.data() + S * at::get_thread_num();  // the row's key per slot
     for (int64_t row = begin; row < end; ++row) {
       const int64_t b = row / (Hkv * Tq), hkv = (row / Tq) % Hkv, i = row % Tq;

@@ -43,22 +43,96 @@ static inline float fold_sink(float sink, float& m, float& l) {
   return factor;
 }
 
-// acc[0:NV*L] += sum_n p[n] v[keys[n] * stride + 0:NV*L], the accumulator held in registers.
-template <int NV>
+// acc[g, 0:NV*L] += sum_n p[g, n] v[keys[n] * stride + 0:NV*L] for GB heads g (rows p_stride
+// and acc_stride apart) sharing the list: GB x NV accumulators stay in registers, and each
+// value vector loaded serves the GB heads.
+template <int GB, int NV>
 static inline void pv_segment(const float* v,
                               int64_t stride,
                               const int32_t* keys,
                               int64_t n_seg,
                               const float* p,
-                              float* acc) {
-  typename Vec::reg a[NV];
-  for (int c = 0; c < NV; ++c) a[c] = Vec::load(acc + c * Vec::kLanes);
+                              int64_t p_stride,
+                              float* acc,
+                              int64_t acc_stride) {
+  typename Vec::reg a[GB][NV];
+  for (int g = 0; g < GB; ++g)
+    for (int c = 0; c < NV; ++c) a[g][c] = Vec::load(acc + g * acc_stride + c * Vec::kLanes);
   for (int64_t n = 0; n < n_seg; ++n) {
-    const typename Vec::reg pv = Vec::set1(p[n]);
     const float* row = v + keys[n] * stride;
-    for (int c = 0; c < NV; ++c) a[c] = Vec::fma(pv, Vec::load(row + c * Vec::kLanes), a[c]);
+    typename Vec::reg pv[GB];
+    for (int g = 0; g < GB; ++g) pv[g] = Vec::set1(p[g * p_stride + n]);
+    for (int c = 0; c < NV; ++c) {
+      const typename Vec::reg x = Vec::load(row + c * Vec::kLanes);
+      for (int g = 0; g < GB; ++g) a[g][c] = Vec::fma(pv[g], x, a[g][c]);
+    }
   }
-  for (int c = 0; c < NV; ++c) Vec::store(acc + c * Vec::kLanes, a[c]);
+  for (int g = 0; g < GB; ++g)
+    for (int c = 0; c < NV; ++c) Vec::store(acc + g * acc_stride + c * Vec::kLanes, a[g][c]);
+}
+
+// pv_segment over Dv channels for GB heads, as many vectors at a time as the registers hold.
+template <int GB>
+static inline void pv_heads(const float* v,
+                            int64_t stride,
+                            const int32_t* keys,
+                            int64_t n_seg,
+                            const float* p,
+                            int64_t p_stride,
+                            float* acc,
+                            int64_t acc_stride,
+                            int64_t Dv) {
+  constexpr int NV = GB == 1 ? 8 : (Vec::kLanes == 16 ? 16 : 8) / GB;  // registers: 32 or 16
+  constexpr int L = Vec::kLanes;
+  int64_t e = 0;
+  for (; e + NV * L <= Dv; e += NV * L)
+    pv_segment<GB, NV>(v + e, stride, keys, n_seg, p, p_stride, acc + e, acc_stride);
+  for (; e < Dv; e += L)
+    pv_segment<GB, 1>(v + e, stride, keys, n_seg, p, p_stride, acc + e, acc_stride);
+}
+
+// s[g * s_stride + c] = scale * q_g . krows[c] for L keys and GB heads (q rows d_pad apart)
+// that share the list. Not inlined: inlined, it costs the caller's single-head loop registers.
+// KB = L / GB keys at a time: GB x KB accumulator vectors (each key vector loaded serves the GB
+// heads, each q vector the KB keys), reduced for all of them by one transpose of the L x L tile.
+template <int GB>
+__attribute__((noinline)) static void qk_heads(const float* q,
+                                               int64_t d_pad,
+                                               const float* const* krows,
+                                               float scale,
+                                               float* s,
+                                               int64_t s_stride,
+                                               float* tile) {
+  constexpr int L = Vec::kLanes, KB = L / GB;
+  for (int k0 = 0; k0 < L; k0 += KB) {
+    typename Vec::reg dot[GB][KB];
+    for (int g = 0; g < GB; ++g)
+      for (int c = 0; c < KB; ++c) dot[g][c] = Vec::zero();
+    for (int64_t d = 0; d < d_pad; d += L) {
+      typename Vec::reg qv[GB];
+      for (int g = 0; g < GB; ++g) qv[g] = Vec::load(q + g * d_pad + d);
+      for (int c = 0; c < KB; ++c) {
+        const typename Vec::reg kv = Vec::load(krows[k0 + c] + d);
+        for (int g = 0; g < GB; ++g) dot[g][c] = Vec::fma(qv[g], kv, dot[g][c]);
+      }
+    }
+    // Row g * KB + c of the tile is the (g, key k0 + c) partial sums: after the transpose, the
+    // sum of its rows holds their totals in lane g * KB + c.
+    for (int g = 0; g < GB; ++g)
+      for (int c = 0; c < KB; ++c) Vec::store(tile + (g * KB + c) * L, dot[g][c]);
+    Vec::transpose_block(tile, L, tile + L * L, L);
+    typename Vec::reg sum = Vec::zero();
+    for (int c = 0; c < L; ++c) sum = Vec::add(sum, Vec::load(tile + (L + c) * L));
+    sum = Vec::mul(sum, Vec::set1(scale));
+    if (GB == 1) {
+      Vec::store(s, sum);
+    } else {
+      alignas(64) float out[L];
+      Vec::store(out, sum);
+      for (int g = 0; g < GB; ++g)
+        for (int c = 0; c < KB; ++c) s[g * s_stride + k0 + c] = out[g * KB + c];
+    }
+  }
 }
 
 // Queries per work item and the least keys per chunk. A work item walks the key axis chunk by
@@ -187,8 +261,7 @@ static void gather_forward_impl(const GatherParams& p) {
           if (n_seg == 0) continue;
           const int32_t* keys = ksorted + qi * K + st[chunk];
           const float* wk = p.maybe_weights ? wsorted + qi * K + st[chunk] : nullptr;
-          // s[g, n] = scale * q_g . k[keys_n], L keys at a time: one accumulator vector per key,
-          // reduced for the L keys together by one transpose.
+          // s[g, n] = scale * q_g . k[keys_n], L keys at a time (qk_heads).
           for (int64_t n0 = 0; n0 < n_seg; n0 += L) {
             const int64_t nk = std::min<int64_t>(L, n_seg - n0);
             const float* krows[L];
@@ -203,20 +276,14 @@ static void gather_forward_impl(const GatherParams& p) {
                 krows[c] = kblock + c * d_pad;
               }
             }
-            for (int64_t g = 0; g < G; ++g) {
-              const float* qg = qrows + (qi * G + g) * d_pad;
-              typename Vec::reg dot[L];
-              for (int c = 0; c < L; ++c) dot[c] = Vec::zero();
-              for (int64_t d = 0; d < d_pad; d += L) {
-                const typename Vec::reg qv = Vec::load(qg + d);
-                for (int c = 0; c < L; ++c) dot[c] = Vec::fma(qv, Vec::load(krows[c] + d), dot[c]);
-              }
-              for (int c = 0; c < L; ++c) Vec::store(tile + c * L, dot[c]);
-              Vec::transpose_block(tile, L, tile + L * L, L);
-              typename Vec::reg sum = Vec::zero();
-              for (int c = 0; c < L; ++c) sum = Vec::add(sum, Vec::load(tile + (L + c) * L));
-              Vec::store(s + g * (K + L) + n0, Vec::mul(sum, Vec::set1(p.scale)));
-            }
+            const float* qq = qrows + qi * G * d_pad;
+            int64_t g = 0;
+            for (; g + 4 <= G; g += 4)
+              qk_heads<4>(qq + g * d_pad, d_pad, krows, p.scale, s + g * (K + L) + n0, K + L, tile);
+            for (; g + 2 <= G; g += 2)
+              qk_heads<2>(qq + g * d_pad, d_pad, krows, p.scale, s + g * (K + L) + n0, K + L, tile);
+            for (; g < G; ++g)
+              qk_heads<1>(qq + g * d_pad, d_pad, krows, p.scale, s + g * (K + L) + n0, K + L, tile);
           }
           // Online softmax over the segment: p_n = w_n exp(s_n - m'), acc <- acc e^(m - m') + p V.
           for (int64_t g = 0; g < G; ++g) {
@@ -256,15 +323,18 @@ static void gather_forward_impl(const GatherParams& p) {
           // segment (NV vectors at a time); widened rows go through scratch one key at a time.
           if (v_in_place) {
             const float* v0 = static_cast<const float*>(p.v) + v_base;
-            for (int64_t g = 0; g < G; ++g) {
-              const float* sg = s + g * (K + L);
-              float* ag = acc + (qi * G + g) * dv_pad;
-              int64_t e = 0;
-              for (; e + 8 * L <= Dv; e += 8 * L)
-                pv_segment<8>(v0 + e, p.v_stride_t, keys, n_seg, sg, ag + e);
-              for (; e + 4 * L <= Dv; e += 4 * L)
-                pv_segment<4>(v0 + e, p.v_stride_t, keys, n_seg, sg, ag + e);
-              for (; e < Dv; e += L) pv_segment<1>(v0 + e, p.v_stride_t, keys, n_seg, sg, ag + e);
+            int64_t g = 0;
+            for (; g + 4 <= G; g += 4) {
+              pv_heads<4>(v0, p.v_stride_t, keys, n_seg, s + g * (K + L), K + L,
+                          acc + (qi * G + g) * dv_pad, dv_pad, Dv);
+            }
+            for (; g + 2 <= G; g += 2) {
+              pv_heads<2>(v0, p.v_stride_t, keys, n_seg, s + g * (K + L), K + L,
+                          acc + (qi * G + g) * dv_pad, dv_pad, Dv);
+            }
+            for (; g < G; ++g) {
+              pv_heads<1>(v0, p.v_stride_t, keys, n_seg, s + g * (K + L), K + L,
+                          acc + (qi * G + g) * dv_pad, dv_pad, Dv);
             }
           } else {
             for (int64_t n = 0; n < n_seg; ++n) {
