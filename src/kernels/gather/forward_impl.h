@@ -138,10 +138,12 @@ __attribute__((noinline)) static void qk_heads(const float* q,
 // Queries per work item and the least keys per chunk. A work item walks the key axis chunk by
 // chunk and, per chunk, serves every query of the item its listed keys in that chunk: the
 // chunk's K and V rows (512 x (D + Dv) floats = 512 KB at D = Dv = 128) are fetched from memory
-// once and reused from L2 by all the queries that list them, instead of once per query. Short
-// lists get longer chunks (about 2 L keys per query and chunk): a segment has fixed costs.
-// Queries per item: about kListEntriesPerItem list entries, within [64, 512] queries.
-constexpr int64_t kListEntriesPerItem = 65536;
+// once and reused from L2 by all the queries that list them, instead of once per query. The
+// item holds enough queries for each key of a chunk to be listed about kUsesPerKey times
+// (queries x K / Tkv), within [64, 2048] queries: at T = 16K that made top-256 1.7x and
+// top-2048 1.35x faster than items of 64K list entries. Short lists get longer chunks (about
+// L keys per query and chunk): a segment has fixed costs.
+constexpr int64_t kUsesPerKey = 64;
 constexpr int64_t kMinChunkKeys = 512;
 
 static void gather_forward_impl(const GatherParams& p) {
@@ -150,16 +152,19 @@ static void gather_forward_impl(const GatherParams& p) {
   const int64_t K = p.slots(), E = p.num_keys, bs = p.block_size;
   const int64_t D = p.head_dim, Dv = p.head_dim_v;
   const int64_t d_pad = round_up_lanes(D), dv_pad = round_up_lanes(Dv);
-  const int64_t QB = std::min(
-      Tq,
-      std::min<int64_t>(512, std::max<int64_t>(64, kListEntriesPerItem / std::max<int64_t>(1, K))));
+  const int num_threads = at::get_num_threads();
+  // ... and at least 4 items per thread.
+  const int64_t QB = std::max<int64_t>(
+      1, std::min({Tq, (p.batch_size * Hkv * Tq + 4 * num_threads - 1) / (4 * num_threads),
+                   std::min<int64_t>(2048, std::max<int64_t>(64, kUsesPerKey * p.seq_len_kv /
+                                                                     std::max<int64_t>(1, K)))}));
   const int64_t num_q_blocks = (Tq + QB - 1) / QB;
   constexpr float kNegInf = -std::numeric_limits<float>::infinity();
   constexpr int L = Vec::kLanes;
   // A power of two, so that bucketing a key is a shift.
   int chunk_shift = 0;
   while ((int64_t{1} << chunk_shift) <
-         std::max(kMinChunkKeys, 2 * L * p.seq_len_kv / std::max<int64_t>(1, K)))
+         std::max(kMinChunkKeys, L * p.seq_len_kv / std::max<int64_t>(1, K)))
     ++chunk_shift;
   const int64_t num_chunks = (p.seq_len_kv >> chunk_shift) + 1;
   // fp32 rows with unit stride and whole vectors are read in place; others are widened into
@@ -175,7 +180,6 @@ static void gather_forward_impl(const GatherParams& p) {
   const int64_t f_per_thread = rows * d_pad + rows * dv_pad + 2 * rows + G * (K + L) + L * d_pad +
                                2 * L * L + dv_pad + d_pad + f_weights;
   const int64_t i_per_thread = QB * (num_chunks + 1);
-  const int num_threads = at::get_num_threads();
   std::vector<float> slab(static_cast<size_t>(f_per_thread * num_threads));
   std::vector<int32_t> kslab(static_cast<size_t>(QB * K * num_threads));
   std::vector<int64_t> islab(static_cast<size_t>(i_per_thread * num_threads));
