@@ -134,24 +134,10 @@ struct RowTopK {
 // last scan keeps everything above it plus the earliest entries equal to it (the tie rule of
 // RowTopK). -inf and NaN are never kept. out[0:cap_out] <- kept positions ascending, then -1.
 // `cand` is scratch for n uint32 pairs.
-// Counts of 11-bit digits in 4 interleaved copies (entry j counts in copy j % 4): most keys
-// share a few bins, and with one copy each increment waited for the previous one through memory
-// (3x slower).
-struct DigitHistogram {
-  uint32_t count[4][2048];
-  void clear() { std::memset(count, 0, sizeof(count)); }
-  void add(int64_t j, uint32_t digit, uint32_t inc) { count[j & 3][digit] += inc; }
-  // count[0] <- the totals.
-  void merge() {
-    for (int d = 0; d < 2048; ++d) count[0][d] += count[1][d] + count[2][d] + count[3][d];
-  }
-};
-
 static void radix_top_k(
     const float* s, int64_t n, int64_t K, int64_t cap_out, uint32_t* cand, int64_t* out) {
   // One pass: the keys of the eligible entries and the histogram of their top 11 bits.
-  DigitHistogram hist;
-  hist.clear();
+  uint32_t hist[2048] = {0};
   int64_t m = 0;  // candidates (keys matching the digits found so far), in cand[0:m]
   // The loops below are branch-free (a store, then an advance by the condition): their
   // conditions hold for a fraction of the entries in no pattern, and mispredicted branches made
@@ -161,9 +147,8 @@ static void radix_top_k(
     const uint32_t key = radix_key(s[j]);
     cand[m] = key;
     m += ok;
-    hist.add(j, key >> 21, ok);
+    hist[key >> 21] += ok;
   }
-  hist.merge();
   int64_t taken = 0;
   if (m <= K) {
     for (int64_t j = 0; j < n; ++j)
@@ -181,15 +166,14 @@ static void radix_top_k(
     const int shift = shifts[level];
     const uint32_t mask = (1u << widths[level]) - 1;
     if (level > 0) {
-      hist.clear();
-      for (int64_t c = 0; c < m; ++c) hist.add(c, (cand[c] >> shift) & mask, 1);
-      hist.merge();
+      std::fill(hist, hist + 2048, 0u);
+      for (int64_t c = 0; c < m; ++c) ++hist[(cand[c] >> shift) & mask];
     }
     int64_t above = 0;
     uint32_t digit = mask;
     for (;; --digit) {
-      if (above + hist.count[0][digit] >= need) break;
-      above += hist.count[0][digit];
+      if (above + hist[digit] >= need) break;
+      above += hist[digit];
     }
     need -= above;
     prefix |= digit << shift;
