@@ -128,38 +128,87 @@ struct RowTopK {
   }
 };
 
+#if defined(__AVX512F__)
+// radix_key of 16 floats: negative -> ~bits, otherwise bits | sign.
+static inline __m512i radix_keys16(__m512 x) {
+  const __m512i bits = _mm512_castps_si512(x);
+  return _mm512_xor_si512(
+      bits, _mm512_or_si512(_mm512_srai_epi32(bits, 31), _mm512_set1_epi32(INT32_MIN)));
+}
+// The lanes of x that are > -inf (not -inf, not NaN).
+static inline __mmask16 eligible16(__m512 x) {
+  return _mm512_cmp_ps_mask(x, _mm512_set1_ps(kNegInf), _CMP_GT_OQ);
+}
+#endif
+
+// The selection loops are branch-free or vectorised: their conditions hold for a fraction of
+// the entries in no pattern, which a branch predictor cannot follow.
+
+// hist[key >> 21] += 1 for the eligible entries (> -inf, not NaN) of s[0:n]; returns how many.
+static int64_t top_digit_histogram(const float* s, int64_t n, uint32_t* hist) {
+  int64_t m = 0, j = 0;
+#if defined(__AVX512F__)
+  alignas(64) uint32_t digits[16];
+  for (; j + 16 <= n; j += 16) {
+    const __m512 x = _mm512_loadu_ps(s + j);
+    const __mmask16 ok = eligible16(x);
+    _mm512_store_si512(digits, _mm512_srli_epi32(radix_keys16(x), 21));
+    for (int c = 0; c < 16; ++c) hist[digits[c]] += (ok >> c) & 1;
+    m += __builtin_popcount(ok);
+  }
+#endif
+  for (; j < n; ++j) {
+    const bool ok = s[j] > kNegInf;
+    hist[radix_key(s[j]) >> 21] += ok;
+    m += ok;
+  }
+  return m;
+}
+
+// cand[0:return] <- the keys of the eligible entries of s[0:n] whose top 11 bits are `digit`.
+static int64_t keys_with_top_digit(const float* s, int64_t n, uint32_t digit, uint32_t* cand) {
+  int64_t m = 0, j = 0;
+#if defined(__AVX512F__)
+  const __m512i vdigit = _mm512_set1_epi32(static_cast<int>(digit));
+  for (; j + 16 <= n; j += 16) {
+    const __m512 x = _mm512_loadu_ps(s + j);
+    const __m512i key = radix_keys16(x);
+    const __mmask16 hit =
+        _mm512_mask_cmpeq_epi32_mask(eligible16(x), _mm512_srli_epi32(key, 21), vdigit);
+    // compress in registers, then a plain store: m + 16 <= j + 16 <= n stays in cand
+    _mm512_storeu_si512(cand + m, _mm512_maskz_compress_epi32(hit, key));
+    m += __builtin_popcount(hit);
+  }
+#endif
+  for (; j < n; ++j) {
+    const uint32_t key = radix_key(s[j]);
+    cand[m] = key;
+    m += s[j] > kNegInf && (key >> 21) == digit;
+  }
+  return m;
+}
+
 // The top K of s[0:n] by radix select, for long lists (K in the hundreds and more), where a heap
 // would pay log K per entering key: a histogram of the top 11 key bits finds the bin holding the
 // K-th largest score, two more digits over that bin's entries alone pin its exact key, and one
 // last scan keeps everything above it plus the earliest entries equal to it (the tie rule of
 // RowTopK). -inf and NaN are never kept. out[0:cap_out] <- kept positions ascending, then -1.
-// `cand` is scratch for n uint32 pairs.
+// `cand` is scratch for n uint32 keys.
 static void radix_top_k(
     const float* s, int64_t n, int64_t K, int64_t cap_out, uint32_t* cand, int64_t* out) {
-  // One pass: the keys of the eligible entries and the histogram of their top 11 bits.
   uint32_t hist[2048] = {0};
-  int64_t m = 0;  // candidates (keys matching the digits found so far), in cand[0:m]
-  // The loops below are branch-free (a store, then an advance by the condition): their
-  // conditions hold for a fraction of the entries in no pattern, and mispredicted branches made
-  // the selection 2x slower.
-  for (int64_t j = 0; j < n; ++j) {
-    const bool ok = s[j] > kNegInf;  // not -inf or NaN
-    const uint32_t key = radix_key(s[j]);
-    cand[m] = key;
-    m += ok;
-    hist[key >> 21] += ok;
-  }
   int64_t taken = 0;
-  if (m <= K) {
+  if (top_digit_histogram(s, n, hist) <= K) {
     for (int64_t j = 0; j < n; ++j)
       if (s[j] > kNegInf) out[taken++] = j;
     std::fill(out + taken, out + cap_out, int64_t{-1});
     return;
   }
   // Digits of 11, 11 and 10 bits, most significant first; `prefix` holds the digits found and
-  // `need` how many of the entries matching it are still to keep.
+  // `need` how many of the entries matching it are still to keep. The candidates (keys matching
+  // the digits found so far) are cand[0:m].
   uint32_t prefix = 0;
-  int64_t need = K;
+  int64_t need = K, m = 0;
   const int shifts[3] = {21, 10, 0};
   const int widths[3] = {11, 11, 10};
   for (int level = 0; level < 3; ++level) {
@@ -178,6 +227,10 @@ static void radix_top_k(
     need -= above;
     prefix |= digit << shift;
     if (level == 2) break;
+    if (level == 0) {
+      m = keys_with_top_digit(s, n, digit, cand);
+      continue;
+    }
     int64_t kept = 0;
     for (int64_t c = 0; c < m; ++c) {
       const uint32_t key = cand[c];
@@ -191,16 +244,14 @@ static void radix_top_k(
 #if defined(__AVX512F__)
   // 16 entries at a time: compare their keys with the prefix, give the equal ones the places
   // left in order, and compress the kept positions into out (in registers, then a masked
-  // store: a compressing store to memory is slow on some CPUs). 4x faster than the scalar scan.
+  // store: a compressing store to memory is slow on some CPUs).
   const __m512i vprefix = _mm512_set1_epi32(static_cast<int>(prefix));
   const __m512i lanes_lo = _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0);
+  const __m512i lanes_hi = _mm512_add_epi64(lanes_lo, _mm512_set1_epi64(8));
   for (; j + 16 <= n; j += 16) {
     const __m512 x = _mm512_loadu_ps(s + j);
-    const __mmask16 ok = _mm512_cmp_ps_mask(x, _mm512_set1_ps(kNegInf), _CMP_GT_OQ);
-    const __m512i bits = _mm512_castps_si512(x);
-    // radix_key: negative -> ~bits, otherwise bits | sign
-    const __m512i key = _mm512_xor_si512(
-        bits, _mm512_or_si512(_mm512_srai_epi32(bits, 31), _mm512_set1_epi32(INT32_MIN)));
+    const __mmask16 ok = eligible16(x);
+    const __m512i key = radix_keys16(x);
     __mmask16 keep = _mm512_mask_cmpgt_epu32_mask(ok, key, vprefix);
     __mmask16 tie = _mm512_mask_cmpeq_epu32_mask(ok, key, vprefix);
     for (; tie != 0 && need > 0; --need) {
@@ -213,7 +264,6 @@ static void radix_top_k(
     _mm512_mask_storeu_epi64(out + taken, static_cast<__mmask8>((1u << n_lo) - 1),
                              _mm512_maskz_compress_epi64(lo, _mm512_add_epi64(base, lanes_lo)));
     taken += n_lo;
-    const __m512i lanes_hi = _mm512_add_epi64(lanes_lo, _mm512_set1_epi64(8));
     _mm512_mask_storeu_epi64(out + taken, static_cast<__mmask8>((1u << n_hi) - 1),
                              _mm512_maskz_compress_epi64(hi, _mm512_add_epi64(base, lanes_hi)));
     taken += n_hi;
