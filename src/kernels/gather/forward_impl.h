@@ -209,7 +209,8 @@ static void gather_forward_impl(const GatherParams& p) {
       const int64_t b = bt / num_q_blocks, t = bt % num_q_blocks;
       const int64_t qb = (t % 2 == 0) ? t / 2 : num_q_blocks - 1 - t / 2;
       const int64_t i0 = qb * QB, nq = std::min(QB, Tq - i0);
-      const int64_t k_base = b * p.k_stride_b + hkv * p.k_stride_h;
+      const int64_t k_base = b * p.k_stride_b + hkv * p.k_stride_h, k_stride_t = p.k_stride_t;
+      const float* k_rows = k_in_place ? static_cast<const float*>(p.k) + k_base : nullptr;
       const int64_t v_base = b * p.v_stride_b + hkv * p.v_stride_h;
 
       // Per query: q rows and a fresh softmax state.
@@ -269,15 +270,19 @@ static void gather_forward_impl(const GatherParams& p) {
           for (int64_t n0 = 0; n0 < n_seg; n0 += L) {
             const int64_t nk = std::min<int64_t>(L, n_seg - n0);
             const float* krows[L];
-            for (int64_t c = 0; c < L; ++c) {
-              krows[c] = zero_row;
-              if (c >= nk) continue;
-              const int64_t off = k_base + keys[n0 + c] * p.k_stride_t;
-              if (k_in_place) {
-                krows[c] = static_cast<const float*>(p.k) + off;
-              } else {
-                load_row(p.k, p.dtype, off, p.k_stride_d, D, d_pad, kblock + c * d_pad);
-                krows[c] = kblock + c * d_pad;
+            if (k_in_place && nk == L) {
+              for (int c = 0; c < L; ++c) krows[c] = k_rows + keys[n0 + c] * k_stride_t;
+            } else {
+              for (int64_t c = 0; c < L; ++c) {
+                krows[c] = zero_row;
+                if (c >= nk) continue;
+                const int64_t off = k_base + keys[n0 + c] * k_stride_t;
+                if (k_in_place) {
+                  krows[c] = k_rows + keys[n0 + c] * k_stride_t;
+                } else {
+                  load_row(p.k, p.dtype, off, p.k_stride_d, D, d_pad, kblock + c * d_pad);
+                  krows[c] = kblock + c * d_pad;
+                }
               }
             }
             const float* qq = qrows + qi * G * d_pad;
