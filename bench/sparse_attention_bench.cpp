@@ -12,6 +12,7 @@
 // whole module times (its projections are not separated).
 //
 //   build/bench/sparse_attention_bench [--seqs 4096,16384,32768] [--reps 3] [--ref-max 4096]
+//   build/bench/sparse_attention_bench --kernels 16384 --reps 5   # index_topk, gather alone
 
 #include <attnkit/attnkit.h>
 
@@ -146,6 +147,67 @@ double attention_flops(int64_t T, const std::function<double(int64_t)>& keys) {
   return 4.0 * kHeads * kHeadDim * sum;
 }
 
+// ---- --kernels T: index_topk and gather_attention alone, on random inputs of the cases' shapes
+
+// Causal top-k lists [1, 1, T, K] (ascending, -1 = unused) of random scores.
+torch::Tensor random_causal_lists(int64_t T, int64_t K) {
+  torch::Tensor scores =
+      torch::rand({T, T}).masked_fill(torch::ones({T, T}, torch::kBool).triu(1), -1.0);
+  torch::Tensor idx = std::get<1>(scores.topk(K, -1));
+  idx = idx.masked_fill(scores.gather(1, idx) < 0, -1);
+  return std::get<0>(idx.sort(-1)).view({1, 1, T, K}).contiguous();
+}
+
+int run_kernels(int64_t T, int reps) {
+  using namespace attnkit::functional;  // NOLINT
+  torch::set_num_threads(2);
+  torch::manual_seed(0);
+  torch::NoGradGuard no_grad;
+  std::printf("T=%lld, 2 threads, medians of %d\n", static_cast<long long>(T), reps);
+  {  // DeepSeek's indexer: 4 heads of 64, relu, causal
+    torch::Tensor q = torch::randn({1, 1, T, 4, 64}), k = torch::randn({1, T, 64});
+    torch::Tensor w = torch::randn({1, 1, T, 4});
+    for (int64_t top_k : {64, 256, 2048}) {
+      const double s = median_seconds(
+          [&] { index_topk(q, k, w, IndexTopkOptions().top_k(top_k).causal(true).relu(true)); },
+          reps);
+      std::printf("index_topk top %-5lld %8.3f s\n", static_cast<long long>(top_k), s);
+    }
+  }
+  torch::Tensor q = torch::randn({1, kHeads, T, kHeadDim});
+  {  // DeepSeek's attention: 8 heads of 128, one list per query shared by the heads
+    torch::Tensor k = torch::randn({1, kHeads, T, kHeadDim}), v = torch::randn_like(k);
+    for (int64_t top_k : {64, 256, 2048}) {
+      torch::Tensor idx = random_causal_lists(T, top_k);
+      const double s = median_seconds([&] { gather_attention(q, k, v, idx); }, reps);
+      const double flops =
+          attention_flops(T, [&](int64_t t) { return std::min<double>(t + 1, top_k); });
+      std::printf("gather top %-5lld     %8.3f s  %6.1f GFLOP/s\n", static_cast<long long>(top_k),
+                  s, flops / s / 1e9);
+    }
+  }
+  {  // MiniMax's attention: 2 kv groups, 16 random visible blocks of 128 + the current block
+    const int64_t bs = 128, nb = (T + bs - 1) / bs;
+    torch::Tensor k = torch::randn({1, kGroups, T, kHeadDim}), v = torch::randn_like(k);
+    torch::Tensor pos = torch::arange(T).div(bs, "floor").view({T, 1});
+    torch::Tensor scores =
+        torch::rand({kGroups, T, nb})
+            .masked_fill(torch::arange(nb).view({1, nb}).gt(pos).unsqueeze(0), -1.0);
+    torch::Tensor blocks = std::get<1>(scores.topk(std::min<int64_t>(16, nb), -1));
+    blocks = blocks.masked_fill(scores.gather(2, blocks) < 0, -1);
+    torch::Tensor current = pos.expand({kGroups, T, 1});
+    blocks = torch::cat({blocks, current.masked_fill((blocks == current).any(-1, true), -1)}, -1)
+                 .unsqueeze(0)
+                 .contiguous();
+    auto opts = GatherAttentionOptions().block_size(bs).causal(true);
+    const double s = median_seconds([&] { gather_attention(q, k, v, blocks, {}, opts); }, reps);
+    const double flops = attention_flops(
+        T, [&](int64_t t) { return std::min<double>(t + 1, 16 * bs + t % bs + 1); });
+    std::printf("gather minimax blocks  %8.3f s  %6.1f GFLOP/s\n", s, flops / s / 1e9);
+  }
+  return 0;
+}
+
 std::vector<int64_t> parse_list(const char* s) {
   std::vector<int64_t> out;
   std::string str(s);
@@ -163,7 +225,7 @@ std::vector<int64_t> parse_list(const char* s) {
 int main(int argc, char** argv) {
   std::vector<int64_t> seqs{4096, 16384, 32768};
   int reps = 3;
-  int64_t ref_max = 4096, seq = 0;
+  int64_t ref_max = 4096, seq = 0, kernels = 0;
   std::string only;
   for (int i = 1; i + 1 < argc; i += 2) {
     if (std::strcmp(argv[i], "--seqs") == 0) seqs = parse_list(argv[i + 1]);
@@ -171,7 +233,9 @@ int main(int argc, char** argv) {
     if (std::strcmp(argv[i], "--ref-max") == 0) ref_max = std::atoll(argv[i + 1]);
     if (std::strcmp(argv[i], "--case") == 0) only = argv[i + 1];
     if (std::strcmp(argv[i], "--seq") == 0) seq = std::atoll(argv[i + 1]);
+    if (std::strcmp(argv[i], "--kernels") == 0) kernels = std::atoll(argv[i + 1]);
   }
+  if (kernels > 0) return run_kernels(kernels, reps);
   if (!only.empty()) return run_child(only, seq, reps);
 
   std::printf(
