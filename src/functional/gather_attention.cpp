@@ -118,16 +118,20 @@ GatherAttentionResult forward_op(const torch::Tensor& q,
                                  const torch::Tensor& sinks,
                                  const GatherAttentionOptions& o) {
   GatherAttentionResult r;
-  r.output = torch::zeros({q.size(0), q.size(1), q.size(2), v.size(3)}, q.options());
-  r.lse = torch::full({q.size(0), q.size(1), q.size(2)}, -std::numeric_limits<float>::infinity(),
-                      q.options().dtype(torch::kFloat));
-  if (r.output.numel() == 0) return r;
-  if (indices.numel() == 0 || k.size(2) == 0) {
+  const std::vector<int64_t> shape{q.size(0), q.size(1), q.size(2), v.size(3)};
+  const bool empty_output = q.numel() == 0 || v.size(3) == 0;
+  if (empty_output || indices.numel() == 0 || k.size(2) == 0) {
+    r.output = torch::zeros(shape, q.options());
+    r.lse = torch::full({q.size(0), q.size(1), q.size(2)}, -std::numeric_limits<float>::infinity(),
+                        q.options().dtype(torch::kFloat));
     // no key anywhere: the lse is the sink's alone
-    if (sinks.defined())
+    if (!empty_output && sinks.defined())
       r.lse.copy_(sinks.detach().to(torch::kFloat).view({1, -1, 1}).expand_as(r.lse));
     return r;
   }
+  // The kernels write every output row and lse (zeros and -inf for rows without a key).
+  r.output = torch::empty(shape, q.options());
+  r.lse = torch::empty({q.size(0), q.size(1), q.size(2)}, q.options().dtype(torch::kFloat));
   Prepared prep = prepare(q, k, v, indices, weights, sinks, o);
   prep.params.out = r.output.data_ptr();
   prep.params.lse = r.lse.data_ptr<float>();
