@@ -38,10 +38,9 @@ void check_gather_inputs(const char* fn,
     const auto range = torch::aminmax(indices);
     const int64_t lo = std::get<0>(range).item<int64_t>(), hi = std::get<1>(range).item<int64_t>();
     const int64_t units = (k.size(2) + o.block_size() - 1) / o.block_size();
-    TORCH_CHECK(lo >= -1 && hi<units, fn, ": expected indices in [-1, ", o.block_size()> 1
-                    ? "number of key blocks"
-                    : "Tk",
-                ") = [-1, ", units, "), got values in [", lo, ", ", hi, "]");
+    const char* bound = o.block_size() > 1 ? "number of key blocks" : "Tk";
+    TORCH_CHECK(lo >= -1 && hi < units, fn, ": expected indices in [-1, ", bound, ") = [-1, ",
+                units, "), got values in [", lo, ", ", hi, "]");
   }
   TORCH_CHECK(k.size(2) <= std::numeric_limits<int32_t>::max(), fn,
               ": expected at most 2^31 - 1 keys, got Tk = ", k.size(2));

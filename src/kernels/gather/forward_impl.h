@@ -276,11 +276,11 @@ static void gather_forward_impl(const GatherParams& p) {
               for (int64_t c = 0; c < L; ++c) {
                 krows[c] = zero_row;
                 if (c >= nk) continue;
-                const int64_t off = k_base + keys[n0 + c] * k_stride_t;
                 if (k_in_place) {
                   krows[c] = k_rows + keys[n0 + c] * k_stride_t;
                 } else {
-                  load_row(p.k, p.dtype, off, p.k_stride_d, D, d_pad, kblock + c * d_pad);
+                  load_row(p.k, p.dtype, k_base + keys[n0 + c] * k_stride_t, p.k_stride_d, D, d_pad,
+                           kblock + c * d_pad);
                   krows[c] = kblock + c * d_pad;
                 }
               }
