@@ -135,6 +135,39 @@ __attribute__((noinline)) static void qk_heads(const float* q,
   }
 }
 
+// One segment of a row's online softmax: s[0:n] (scores, room for a whole last vector) becomes
+// p_n = w_n exp(s_n - m'), the row's max m and denominator l advance, and its accumulator
+// acc[0:dv_pad] is rescaled by exp(m - m'), ready for acc += p V.
+static inline void softmax_segment(
+    float* s, int64_t n, const float* w, float& m, float& l, float* acc, int64_t dv_pad) {
+  constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+  constexpr int L = Vec::kLanes;
+  // Segment max by vectors: the tail lanes past n are set to -inf first.
+  fill_floats(s + n, s + (n + L - 1) / L * L, kNegInf);
+  typename Vec::reg vmax = Vec::set1(kNegInf);
+  for (int64_t j = 0; j < n; j += L) vmax = Vec::max(vmax, Vec::load(s + j));
+  const float m_new = std::max(m, Vec::reduce_max(vmax));
+  const float alpha = m == kNegInf ? 0.0f : std::exp(m - m_new);
+  if (alpha != 1.0f) {
+    const typename Vec::reg va = Vec::set1(alpha);
+    for (int64_t e = 0; e < dv_pad; e += L) Vec::store(acc + e, Vec::mul(va, Vec::load(acc + e)));
+  }
+  const typename Vec::reg vm = Vec::set1(m_new);
+  typename Vec::reg vsum = Vec::zero();
+  for (int64_t j = 0; j < n; j += L) {
+    typename Vec::reg e = Vec::exp(Vec::sub(Vec::load(s + j), vm));
+    if (w != nullptr) e = Vec::mul(e, Vec::load(w + j));
+    Vec::store(s + j, e);
+    if (j + L > n) {  // the tail lanes are past the segment: drop them
+      for (int64_t c = n - j; c < L; ++c) s[j + c] = 0.0f;
+      e = Vec::load(s + j);
+    }
+    vsum = Vec::add(vsum, e);
+  }
+  l = l * alpha + Vec::reduce_add(vsum);
+  m = m_new;
+}
+
 // Queries per work item and the least keys per chunk. A work item walks the key axis chunk by
 // chunk and, per chunk, serves every query of the item its listed keys in that chunk: the
 // chunk's K and V rows (512 x (D + Dv) floats = 512 KB at D = Dv = 128) are fetched from memory
@@ -296,37 +329,8 @@ static void gather_forward_impl(const GatherParams& p) {
           }
           // Online softmax over the segment: p_n = w_n exp(s_n - m'), acc <- acc e^(m - m') + p V.
           for (int64_t g = 0; g < G; ++g) {
-            float* sg = s + g * (K + L);
-            float& mg = m[qi * G + g];
-            float& lg = l[qi * G + g];
-            // Segment max by vectors: the tail lanes past n_seg are set to -inf first (they
-            // hold the zero row's scores).
-            fill_floats(sg + n_seg, sg + (n_seg + L - 1) / L * L, kNegInf);
-            typename Vec::reg vmax = Vec::set1(kNegInf);
-            for (int64_t n = 0; n < n_seg; n += L) vmax = Vec::max(vmax, Vec::load(sg + n));
-            const float mx = Vec::reduce_max(vmax);
-            const float m_new = std::max(mg, mx);
-            const float alpha = mg == kNegInf ? 0.0f : std::exp(mg - m_new);
-            float* ag = acc + (qi * G + g) * dv_pad;
-            if (alpha != 1.0f) {
-              const typename Vec::reg va = Vec::set1(alpha);
-              for (int64_t e = 0; e < dv_pad; e += L)
-                Vec::store(ag + e, Vec::mul(va, Vec::load(ag + e)));
-            }
-            const typename Vec::reg vm = Vec::set1(m_new);
-            typename Vec::reg vsum = Vec::zero();
-            for (int64_t n = 0; n < n_seg; n += L) {
-              typename Vec::reg e = Vec::exp(Vec::sub(Vec::load(sg + n), vm));
-              if (wk != nullptr) e = Vec::mul(e, Vec::load(wk + n));
-              Vec::store(sg + n, e);
-              if (n + L > n_seg) {  // the tail lanes are past the segment: drop them
-                for (int64_t c = n_seg - n; c < L; ++c) sg[n + c] = 0.0f;
-                e = Vec::load(sg + n);
-              }
-              vsum = Vec::add(vsum, e);
-            }
-            lg = lg * alpha + Vec::reduce_add(vsum);
-            mg = m_new;
+            softmax_segment(s + g * (K + L), n_seg, wk, m[qi * G + g], l[qi * G + g],
+                            acc + (qi * G + g) * dv_pad, dv_pad);
           }
           // acc[g] += p[g, n] v[keys_n]: in place, the accumulator stays in registers over the
           // segment (NV vectors at a time); widened rows go through scratch one key at a time.
