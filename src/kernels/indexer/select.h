@@ -188,8 +188,8 @@ static int64_t keys_with_top_digit(const float* s, int64_t n, uint32_t digit, ui
   return m;
 }
 
-// The top K of s[0:n] by radix select, for long lists (K in the hundreds and more), where a heap
-// would pay log K per entering key: a histogram of the top 11 key bits finds the bin holding the
+// The top K of s[0:n] by radix select, for lists of kRadixMinTopK and more, where a heap would
+// pay log K per entering key: a histogram of the top 11 key bits finds the bin holding the
 // K-th largest score, two more digits over that bin's entries alone pin its exact key, and one
 // last scan keeps everything above it plus the earliest entries equal to it (the tie rule of
 // RowTopK). -inf and NaN are never kept. out[0:cap_out] <- kept positions ascending, then -1.
