@@ -53,6 +53,30 @@ void expect_grads_on_every_isa(const std::function<std::vector<torch::Tensor>()>
   }
 }
 
+// Gradients of sum(out * dout) for q, k, v, w (and the sinks, when sinks0 is given) through
+// the fused op in fp32 (`fused`) or through the reference in double.
+std::vector<torch::Tensor> gather_grads(bool fused,
+                                        const GatherInputs& in,
+                                        const torch::Tensor& idx,
+                                        const torch::Tensor& w0,
+                                        const torch::Tensor& dout,
+                                        GatherAttentionOptions o = {},
+                                        const torch::Tensor& sinks0 = {}) {
+  auto dt = fused ? torch::kFloat : torch::kDouble;
+  torch::Tensor q = in.q.to(dt).detach().requires_grad_(true),
+                k = in.k.to(dt).detach().requires_grad_(true);
+  torch::Tensor v = in.v.to(dt).detach().requires_grad_(true),
+                w = w0.to(dt).detach().requires_grad_(true);
+  torch::Tensor sinks;
+  if (sinks0.defined()) o.sinks(sinks = sinks0.to(dt).detach().requires_grad_(true));
+  torch::Tensor out = fused ? gather_attention(q, k, v, idx, w, o).output
+                            : gather_attention_reference(q, k, v, idx, w, o).output;
+  (out.to(torch::kDouble) * dout.to(torch::kDouble)).sum().backward();
+  std::vector<torch::Tensor> grads{q.grad(), k.grad(), v.grad(), w.grad()};
+  if (sinks.defined()) grads.push_back(sinks.grad());
+  return grads;
+}
+
 // Heads per kv head G = 2, 4 and 3 (the kernel takes them 4, 2 and 1 at a time).
 TEST(GatherAttention, ForwardMatchesReference) {
   for (auto dtype : {torch::kFloat, torch::kBFloat16})
@@ -82,17 +106,7 @@ TEST(GatherAttention, ForwardMatchesReference) {
 TEST(GatherAttention, GradientsMatchAutogradThroughTheReference) {
   GatherInputs in = make(2, 4, 2, 7, 30, 40, 24, 21, torch::kFloat);
   torch::Tensor dout = torch::randn({2, 4, 7, 24});
-  auto run = [&](bool fused) {
-    auto dt = fused ? torch::kFloat : torch::kDouble;
-    torch::Tensor q = in.q.to(dt).detach().requires_grad_(true),
-                  k = in.k.to(dt).detach().requires_grad_(true);
-    torch::Tensor v = in.v.to(dt).detach().requires_grad_(true),
-                  w = in.w.to(dt).detach().requires_grad_(true);
-    torch::Tensor out = fused ? gather_attention(q, k, v, in.idx, w).output
-                              : gather_attention_reference(q, k, v, in.idx, w).output;
-    (out.to(torch::kDouble) * dout.to(torch::kDouble)).sum().backward();
-    return std::vector<torch::Tensor>{q.grad(), k.grad(), v.grad(), w.grad()};
-  };
+  auto run = [&](bool fused) { return gather_grads(fused, in, in.idx, in.w, dout); };
   auto expected = run(false);
   expect_grads_on_every_isa([&] { return run(true); }, expected);
 }
@@ -174,20 +188,7 @@ TEST(GatherAttention, SinkGradientsMatchAutogradThroughTheReference) {
   torch::Tensor sinks0 = make_sinks(4);
   sinks0[0] = 3.0;  // a sink that dominates some rows
   torch::Tensor dout = torch::randn({2, 4, 7, 24});
-  auto run = [&](bool fused) {
-    auto dt = fused ? torch::kFloat : torch::kDouble;
-    torch::Tensor q = in.q.to(dt).detach().requires_grad_(true),
-                  k = in.k.to(dt).detach().requires_grad_(true);
-    torch::Tensor v = in.v.to(dt).detach().requires_grad_(true),
-                  w = in.w.to(dt).detach().requires_grad_(true);
-    torch::Tensor sinks = sinks0.to(dt).detach().requires_grad_(true);
-    GatherAttentionOptions o;
-    o.sinks(sinks);
-    torch::Tensor out = fused ? gather_attention(q, k, v, in.idx, w, o).output
-                              : gather_attention_reference(q, k, v, in.idx, w, o).output;
-    (out.to(torch::kDouble) * dout.to(torch::kDouble)).sum().backward();
-    return std::vector<torch::Tensor>{q.grad(), k.grad(), v.grad(), w.grad(), sinks.grad()};
-  };
+  auto run = [&](bool fused) { return gather_grads(fused, in, in.idx, in.w, dout, {}, sinks0); };
   auto expected = run(false);
   ASSERT_GT(expected[4].abs().sum().item<double>(), 0.0);
   expect_grads_on_every_isa([&] { return run(true); }, expected);
@@ -283,18 +284,8 @@ TEST(GatherAttention, BlockListsEqualTheirTokenLists) {
   torch::Tensor blocks = torch::randint(0, nb, {1, 2, Tq, 4});
   torch::Tensor w0 = torch::rand({1, 2, Tq, 4}) + 0.1;
   torch::Tensor dout = torch::randn({1, 4, Tq, 16});
-  auto run = [&](bool fused) {
-    auto dt = fused ? torch::kFloat : torch::kDouble;
-    torch::Tensor q = in.q.to(dt).detach().requires_grad_(true),
-                  k = in.k.to(dt).detach().requires_grad_(true);
-    torch::Tensor v = in.v.to(dt).detach().requires_grad_(true),
-                  w = w0.to(dt).detach().requires_grad_(true);
-    auto opts = GatherAttentionOptions().block_size(bs).causal(true);
-    torch::Tensor out = fused ? gather_attention(q, k, v, blocks, w, opts).output
-                              : gather_attention_reference(q, k, v, blocks, w, opts).output;
-    (out.to(torch::kDouble) * dout.to(torch::kDouble)).sum().backward();
-    return std::vector<torch::Tensor>{q.grad(), k.grad(), v.grad(), w.grad()};
-  };
+  auto opts = GatherAttentionOptions().block_size(bs).causal(true);
+  auto run = [&](bool fused) { return gather_grads(fused, in, blocks, w0, dout, opts); };
   auto expected = run(false);
   expect_grads_on_every_isa([&] { return run(true); }, expected);
 }

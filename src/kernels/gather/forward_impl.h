@@ -168,6 +168,16 @@ static inline void softmax_segment(
   m = m_new;
 }
 
+// f(std::integral_constant<int, GB>, g) over the heads [0, G) of a group: 4 at a time, then 2,
+// then 1, the widths of qk_heads and pv_heads.
+template <class F>
+static inline void for_head_groups(int64_t G, F&& f) {
+  int64_t g = 0;
+  for (; g + 4 <= G; g += 4) f(std::integral_constant<int, 4>{}, g);
+  for (; g + 2 <= G; g += 2) f(std::integral_constant<int, 2>{}, g);
+  for (; g < G; ++g) f(std::integral_constant<int, 1>{}, g);
+}
+
 // Queries per work item and the least keys per chunk. A work item walks the key axis chunk by
 // chunk and, per chunk, serves every query of the item its listed keys in that chunk: the
 // chunk's K and V rows (512 x (D + Dv) floats = 512 KB at D = Dv = 128) are fetched from memory
@@ -319,13 +329,10 @@ static void gather_forward_impl(const GatherParams& p) {
               }
             }
             const float* qq = qrows + qi * G * d_pad;
-            int64_t g = 0;
-            for (; g + 4 <= G; g += 4)
-              qk_heads<4>(qq + g * d_pad, d_pad, krows, p.scale, s + g * (K + L) + n0, K + L, tile);
-            for (; g + 2 <= G; g += 2)
-              qk_heads<2>(qq + g * d_pad, d_pad, krows, p.scale, s + g * (K + L) + n0, K + L, tile);
-            for (; g < G; ++g)
-              qk_heads<1>(qq + g * d_pad, d_pad, krows, p.scale, s + g * (K + L) + n0, K + L, tile);
+            for_head_groups(G, [&](auto gb, int64_t g) {
+              qk_heads<decltype(gb)::value>(qq + g * d_pad, d_pad, krows, p.scale,
+                                            s + g * (K + L) + n0, K + L, tile);
+            });
           }
           // Online softmax over the segment: p_n = w_n exp(s_n - m'), acc <- acc e^(m - m') + p V.
           for (int64_t g = 0; g < G; ++g) {
@@ -336,19 +343,10 @@ static void gather_forward_impl(const GatherParams& p) {
           // segment (NV vectors at a time); widened rows go through scratch one key at a time.
           if (v_in_place) {
             const float* v0 = static_cast<const float*>(p.v) + v_base;
-            int64_t g = 0;
-            for (; g + 4 <= G; g += 4) {
-              pv_heads<4>(v0, p.v_stride_t, keys, n_seg, s + g * (K + L), K + L,
-                          acc + (qi * G + g) * dv_pad, dv_pad, Dv);
-            }
-            for (; g + 2 <= G; g += 2) {
-              pv_heads<2>(v0, p.v_stride_t, keys, n_seg, s + g * (K + L), K + L,
-                          acc + (qi * G + g) * dv_pad, dv_pad, Dv);
-            }
-            for (; g < G; ++g) {
-              pv_heads<1>(v0, p.v_stride_t, keys, n_seg, s + g * (K + L), K + L,
-                          acc + (qi * G + g) * dv_pad, dv_pad, Dv);
-            }
+            for_head_groups(G, [&](auto gb, int64_t g) {
+              pv_heads<decltype(gb)::value>(v0, p.v_stride_t, keys, n_seg, s + g * (K + L), K + L,
+                                            acc + (qi * G + g) * dv_pad, dv_pad, Dv);
+            });
           } else {
             for (int64_t n = 0; n < n_seg; ++n) {
               load_row(p.v, p.dtype, v_base + keys[n] * p.v_stride_t, p.v_stride_d, Dv, dv_pad,
