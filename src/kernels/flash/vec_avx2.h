@@ -83,6 +83,20 @@ struct Vec {
     for (int i = 0; i < 8; ++i) _mm256_storeu_ps(dst + i * ld_dst, t[i]);
   }
 
+  // Lane c of the result is the sum of the 8 lanes of v[sum_slot(c)] (shuffle-and-add tree,
+  // 14 shuffles, in registers).
+  static constexpr int sum_slot(int c) { return c / 4 + 2 * (c % 4); }
+  static reg sum_lanes(const reg* v) {
+    reg a[4], b[2];
+    for (int i = 0; i < 4; ++i)  // 128-bit halves: half 0 of a[i] holds v[2i], half 1 v[2i + 1]
+      a[i] = _mm256_add_ps(_mm256_permute2f128_ps(v[2 * i], v[2 * i + 1], 0x20),
+                           _mm256_permute2f128_ps(v[2 * i], v[2 * i + 1], 0x31));
+    for (int i = 0; i < 2; ++i)  // pairs of lanes
+      b[i] = _mm256_add_ps(_mm256_shuffle_ps(a[2 * i], a[2 * i + 1], 0x44),
+                           _mm256_shuffle_ps(a[2 * i], a[2 * i + 1], 0xEE));
+    return _mm256_add_ps(_mm256_shuffle_ps(b[0], b[1], 0x88), _mm256_shuffle_ps(b[0], b[1], 0xDD));
+  }
+
   // tanh(x) = sign(x) (1 - t) / (1 + t), t = exp(-2|x|).
   static reg tanh(reg x) {
     const reg sign_mask = _mm256_set1_ps(-0.0f);

@@ -71,6 +71,23 @@ struct Vec {
     for (int i = 0; i < 16; ++i) _mm512_storeu_ps(dst + i * ld_dst, r[i]);
   }
 
+  // Lane c of the result is the sum of the 16 lanes of v[sum_slot(c)] (shuffle-and-add tree,
+  // 30 shuffles, in registers).
+  static constexpr int sum_slot(int c) { return c / 4 + 4 * (c % 4); }
+  static reg sum_lanes(const reg* v) {
+    reg a[8], b[4], c[2];
+    for (int i = 0; i < 8; ++i)  // 256-bit halves: quarters 0-1 of v[2i], 2-3 of v[2i + 1]
+      a[i] = _mm512_add_ps(_mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0x44),
+                           _mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0xEE));
+    for (int i = 0; i < 4; ++i)  // 128-bit quarters: quarter k of b[i] holds v[4i + k]
+      b[i] = _mm512_add_ps(_mm512_shuffle_f32x4(a[2 * i], a[2 * i + 1], 0x88),
+                           _mm512_shuffle_f32x4(a[2 * i], a[2 * i + 1], 0xDD));
+    for (int i = 0; i < 2; ++i)  // pairs of lanes
+      c[i] = _mm512_add_ps(_mm512_shuffle_ps(b[2 * i], b[2 * i + 1], 0x44),
+                           _mm512_shuffle_ps(b[2 * i], b[2 * i + 1], 0xEE));
+    return _mm512_add_ps(_mm512_shuffle_ps(c[0], c[1], 0x88), _mm512_shuffle_ps(c[0], c[1], 0xDD));
+  }
+
   // tanh(x) = sign(x) (1 - t) / (1 + t), t = exp(-2|x|).
   static reg tanh(reg x) {
     const reg sign_mask = _mm512_set1_ps(-0.0f);

@@ -94,36 +94,32 @@ static inline void pv_heads(const float* v,
 // s[g * s_stride + c] = scale * q_g . krows[c] for L keys and GB heads (q rows d_pad apart)
 // that share the list. Not inlined: inlined, it costs the caller's single-head loop registers.
 // KB = L / GB keys at a time: GB x KB accumulator vectors (each key vector loaded serves the GB
-// heads, each q vector the KB keys), reduced for all of them by one transpose of the L x L tile.
+// heads, each q vector the KB keys), reduced for all of them by one shuffle-and-add tree.
 template <int GB>
 __attribute__((noinline)) static void qk_heads(const float* q,
                                                int64_t d_pad,
                                                const float* const* krows,
                                                float scale,
                                                float* s,
-                                               int64_t s_stride,
-                                               float* tile) {
+                                               int64_t s_stride) {
   constexpr int L = Vec::kLanes, KB = L / GB;
   for (int k0 = 0; k0 < L; k0 += KB) {
-    typename Vec::reg dot[GB][KB];
-    for (int g = 0; g < GB; ++g)
-      for (int c = 0; c < KB; ++c) dot[g][c] = Vec::zero();
+    // dot[Vec::sum_slot(g * KB + c)]: the (head g, key k0 + c) partial sums, so that lane
+    // g * KB + c of the tree's result holds their total.
+    typename Vec::reg dot[L];
+    for (int c = 0; c < L; ++c) dot[c] = Vec::zero();
     for (int64_t d = 0; d < d_pad; d += L) {
       typename Vec::reg qv[GB];
       for (int g = 0; g < GB; ++g) qv[g] = Vec::load(q + g * d_pad + d);
       for (int c = 0; c < KB; ++c) {
         const typename Vec::reg kv = Vec::load(krows[k0 + c] + d);
-        for (int g = 0; g < GB; ++g) dot[g][c] = Vec::fma(qv[g], kv, dot[g][c]);
+        for (int g = 0; g < GB; ++g) {
+          typename Vec::reg& acc = dot[Vec::sum_slot(g * KB + c)];
+          acc = Vec::fma(qv[g], kv, acc);
+        }
       }
     }
-    // Row g * KB + c of the tile is the (g, key k0 + c) partial sums: after the transpose, the
-    // sum of its rows holds their totals in lane g * KB + c.
-    for (int g = 0; g < GB; ++g)
-      for (int c = 0; c < KB; ++c) Vec::store(tile + (g * KB + c) * L, dot[g][c]);
-    Vec::transpose_block(tile, L, tile + L * L, L);
-    typename Vec::reg sum = Vec::zero();
-    for (int c = 0; c < L; ++c) sum = Vec::add(sum, Vec::load(tile + (L + c) * L));
-    sum = Vec::mul(sum, Vec::set1(scale));
+    const typename Vec::reg sum = Vec::mul(Vec::sum_lanes(dot), Vec::set1(scale));
     if (GB == 1) {
       Vec::store(s, sum);
     } else {
@@ -215,13 +211,13 @@ static void gather_forward_impl(const GatherParams& p) {
   const bool k_in_place = p.dtype == FlashDtype::kFloat32 && p.k_stride_d == 1 && D % L == 0;
   const bool v_in_place = p.dtype == FlashDtype::kFloat32 && p.v_stride_d == 1 && Dv % L == 0;
   // Per-thread scratch (floats): the item's query rows and accumulators, row max and denominator,
-  // scores of one segment, a block of L key rows, the L x L accumulator tile and its transpose,
-  // one value row, a zero row, and each query's list bucketed by chunk: keys (int32, to keep
-  // the lists small next to the chunk's rows in L2), weights when given, chunk starts.
+  // scores of one segment, a block of L key rows, one value row, a zero row, and each query's
+  // list bucketed by chunk: keys (int32, to keep the lists small next to the chunk's rows in
+  // L2), weights when given, chunk starts.
   const int64_t rows = QB * G;
   const int64_t f_weights = p.maybe_weights ? QB * K + L : 0;
   const int64_t f_per_thread = rows * d_pad + rows * dv_pad + 2 * rows + G * (K + L) + L * d_pad +
-                               2 * L * L + dv_pad + d_pad + f_weights;
+                               dv_pad + d_pad + f_weights;
   const int64_t i_per_thread = QB * (num_chunks + 1);
   std::vector<float> slab(static_cast<size_t>(f_per_thread * num_threads));
   std::vector<int32_t> kslab(static_cast<size_t>(QB * K * num_threads));
@@ -235,8 +231,7 @@ static void gather_forward_impl(const GatherParams& p) {
     float* l = m + rows;                              // [QB, G]
     float* s = l + rows;                              // [G, K + L]
     float* kblock = s + G * (K + L);
-    float* tile = kblock + L * d_pad;
-    float* vrow = tile + 2 * L * L;
+    float* vrow = kblock + L * d_pad;
     float* zero_row = vrow + dv_pad;
     float* wsorted = zero_row + d_pad;               // [QB, K] (+ L: vector tail reads) or none
     int32_t* ksorted = kslab.data() + QB * K * tid;  // [QB, K]
@@ -331,7 +326,7 @@ static void gather_forward_impl(const GatherParams& p) {
             const float* qq = qrows + qi * G * d_pad;
             for_head_groups(G, [&](auto gb, int64_t g) {
               qk_heads<decltype(gb)::value>(qq + g * d_pad, d_pad, krows, p.scale,
-                                            s + g * (K + L) + n0, K + L, tile);
+                                            s + g * (K + L) + n0, K + L);
             });
           }
           // Online softmax over the segment: p_n = w_n exp(s_n - m'), acc <- acc e^(m - m') + p V.
