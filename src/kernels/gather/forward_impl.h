@@ -131,6 +131,48 @@ __attribute__((noinline)) static void qk_heads(const float* q,
   }
 }
 
+// s[n] = scale * q . k_rows[keys[n] * stride] for n < n_keys (whole vectors of keys), one head
+// of ND vectors: q stays in registers over the segment and each key row is dotted whole, so no
+// row pointers are held (qk_heads keeps L of them live, more than the registers hold).
+template <int ND>
+__attribute__((noinline)) static void qk_segment(const float* q,
+                                                 const float* k_rows,
+                                                 int64_t stride,
+                                                 const int32_t* keys,
+                                                 int64_t n_keys,
+                                                 float scale,
+                                                 float* s) {
+  constexpr int L = Vec::kLanes;
+  typename Vec::reg qv[ND];
+  for (int e = 0; e < ND; ++e) qv[e] = Vec::load(q + e * L);
+  for (int64_t n0 = 0; n0 < n_keys; n0 += L) {
+    typename Vec::reg dot[L];  // dot[Vec::sum_slot(c)]: key n0 + c
+    for (int c = 0; c < L; ++c) {
+      const float* row = k_rows + keys[n0 + c] * stride;
+      typename Vec::reg a = Vec::mul(qv[0], Vec::load(row));
+      for (int e = 1; e < ND; ++e) a = Vec::fma(qv[e], Vec::load(row + e * L), a);
+      dot[Vec::sum_slot(c)] = a;
+    }
+    Vec::store(s + n0, Vec::mul(Vec::sum_lanes(dot), Vec::set1(scale)));
+  }
+}
+
+// f(std::integral_constant<int, ND>) for nd in [1, 8]; false (f not called) otherwise.
+template <class F>
+static inline bool with_vector_count(int64_t nd, F&& f) {
+  switch (nd) {
+    case 1: f(std::integral_constant<int, 1>{}); return true;
+    case 2: f(std::integral_constant<int, 2>{}); return true;
+    case 3: f(std::integral_constant<int, 3>{}); return true;
+    case 4: f(std::integral_constant<int, 4>{}); return true;
+    case 5: f(std::integral_constant<int, 5>{}); return true;
+    case 6: f(std::integral_constant<int, 6>{}); return true;
+    case 7: f(std::integral_constant<int, 7>{}); return true;
+    case 8: f(std::integral_constant<int, 8>{}); return true;
+    default: return false;
+  }
+}
+
 // One segment of a row's online softmax: s[0:n] (scores, room for a whole last vector) becomes
 // p_n = w_n exp(s_n - m'), the row's max m and denominator l advance, and its accumulator
 // acc[0:dv_pad] is rescaled by exp(m - m'), ready for acc += p V.
@@ -305,7 +347,17 @@ static void gather_forward_impl(const GatherParams& p) {
           const int32_t* keys = ksorted + qi * K + st[chunk];
           const float* wk = p.maybe_weights ? wsorted + qi * K + st[chunk] : nullptr;
           // s[g, n] = scale * q_g . k[keys_n], L keys at a time (qk_heads).
-          for (int64_t n0 = 0; n0 < n_seg; n0 += L) {
+          // One head, rows in place: whole vectors of keys by qk_segment, the rest by qk_heads.
+          int64_t n_done = 0;
+          if (G == 1 && k_in_place && n_seg >= L) {
+            const int64_t n_full = n_seg / L * L;
+            if (with_vector_count(d_pad / L, [&](auto nd) {
+                  qk_segment<decltype(nd)::value>(qrows + qi * d_pad, k_rows, k_stride_t, keys,
+                                                  n_full, p.scale, s);
+                }))
+              n_done = n_full;
+          }
+          for (int64_t n0 = n_done; n0 < n_seg; n0 += L) {
             const int64_t nk = std::min<int64_t>(L, n_seg - n0);
             const float* krows[L];
             if (k_in_place && nk == L) {
