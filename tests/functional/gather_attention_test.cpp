@@ -196,32 +196,39 @@ TEST(GatherAttention, SinkGradientsMatchAutogradThroughTheReference) {
 
 // Long key axes are walked in chunks with the softmax carried across them, and queries come in
 // blocks: lists spanning several chunks (sorted or not, with duplicates and unused slots), more
-// queries than one block, weights and sinks, against the reference in double.
+// queries than one block, weights and sinks, against the reference in double. One head per kv
+// head takes qk_segment (q in registers; D = 32 and 128) for whole vectors of a segment's keys.
 TEST(GatherAttention, ListsSpanningManyChunksMatchReference) {
-  for (auto dtype : {torch::kFloat, torch::kBFloat16}) {  // rows read in place, or widened
-    GatherInputs in = make(1, 4, 2, 300, 2100, 32, 16, 300, dtype);  // 2 blocks, 5 chunks
-    torch::Tensor sinks = torch::randn({4});
-    const testing::Tolerance tol = testing::tolerance_for(dtype);
-    for (bool sorted : {false, true}) {
-      torch::Tensor idx = sorted ? std::get<0>(in.idx.sort(-1)) : in.idx;
-      for (bool weighted : {false, true}) {
-        torch::Tensor w = weighted ? in.w : torch::Tensor();
-        auto e = gather_attention_reference(
-            in.q.to(torch::kDouble), in.k.to(torch::kDouble), in.v.to(torch::kDouble), idx,
-            weighted ? w.to(torch::kDouble) : w,
-            GatherAttentionOptions().sinks(sinks.to(torch::kDouble)));
-        for (const char* isa : testing::isa_paths()) {
-          SCOPED_TRACE(isa);
-          testing::EnvGuard guard("ATTNKIT_CPU_CAPABILITY", isa);
-          auto r =
-              gather_attention(in.q, in.k, in.v, idx, w, GatherAttentionOptions().sinks(sinks));
-          EXPECT_TRUE(torch::allclose(r.output.to(torch::kDouble), e.output, tol.rtol, tol.atol))
-              << (r.output.to(torch::kDouble) - e.output).abs().max().item<double>();
-          EXPECT_TRUE(torch::allclose(r.lse.to(torch::kDouble), e.lse, 1e-5, 1e-5));
+  struct Shape {
+    int64_t Hq, Hkv, D, Dv;
+  };
+  for (Shape sh : {Shape{4, 2, 32, 16}, Shape{2, 2, 32, 16}, Shape{2, 2, 128, 128}})
+    for (auto dtype : {torch::kFloat, torch::kBFloat16}) {  // rows read in place, or widened
+      SCOPED_TRACE(sh.Hq * 1000 + sh.Hkv * 100 + sh.D);
+      // 2 blocks, 5 chunks
+      GatherInputs in = make(1, sh.Hq, sh.Hkv, 300, 2100, sh.D, sh.Dv, 300, dtype);
+      torch::Tensor sinks = torch::randn({sh.Hq});
+      const testing::Tolerance tol = testing::tolerance_for(dtype);
+      for (bool sorted : {false, true}) {
+        torch::Tensor idx = sorted ? std::get<0>(in.idx.sort(-1)) : in.idx;
+        for (bool weighted : {false, true}) {
+          torch::Tensor w = weighted ? in.w : torch::Tensor();
+          auto e = gather_attention_reference(
+              in.q.to(torch::kDouble), in.k.to(torch::kDouble), in.v.to(torch::kDouble), idx,
+              weighted ? w.to(torch::kDouble) : w,
+              GatherAttentionOptions().sinks(sinks.to(torch::kDouble)));
+          for (const char* isa : testing::isa_paths()) {
+            SCOPED_TRACE(isa);
+            testing::EnvGuard guard("ATTNKIT_CPU_CAPABILITY", isa);
+            auto r =
+                gather_attention(in.q, in.k, in.v, idx, w, GatherAttentionOptions().sinks(sinks));
+            EXPECT_TRUE(torch::allclose(r.output.to(torch::kDouble), e.output, tol.rtol, tol.atol))
+                << (r.output.to(torch::kDouble) - e.output).abs().max().item<double>();
+            EXPECT_TRUE(torch::allclose(r.lse.to(torch::kDouble), e.lse, 1e-5, 1e-5));
+          }
         }
       }
     }
-  }
 }
 
 // Block lists [B, Hkv, Tq, K] of block ids -> token lists [B, Hkv, Tq, K * bs] by loops: the

@@ -157,20 +157,15 @@ __attribute__((noinline)) static void qk_segment(const float* q,
   }
 }
 
-// f(std::integral_constant<int, ND>) for nd in [1, 8]; false (f not called) otherwise.
-template <class F>
+// f(std::integral_constant<int, ND>) for nd in [ND, 8]; false (f not called) otherwise.
+template <int ND = 1, class F>
 static inline bool with_vector_count(int64_t nd, F&& f) {
-  switch (nd) {
-    case 1: f(std::integral_constant<int, 1>{}); return true;
-    case 2: f(std::integral_constant<int, 2>{}); return true;
-    case 3: f(std::integral_constant<int, 3>{}); return true;
-    case 4: f(std::integral_constant<int, 4>{}); return true;
-    case 5: f(std::integral_constant<int, 5>{}); return true;
-    case 6: f(std::integral_constant<int, 6>{}); return true;
-    case 7: f(std::integral_constant<int, 7>{}); return true;
-    case 8: f(std::integral_constant<int, 8>{}); return true;
-    default: return false;
+  if (nd == ND) {
+    f(std::integral_constant<int, ND>{});
+    return true;
   }
+  if constexpr (ND < 8) return with_vector_count<ND + 1>(nd, f);
+  return false;
 }
 
 // One segment of a row's online softmax: s[0:n] (scores, room for a whole last vector) becomes
