@@ -34,11 +34,16 @@ void expect_matches_reference(const IndexInputs& in, bool weighted, const IndexT
   }
 }
 
+// Heads in whole register blocks (4, 8) are combined in registers, others (3) after a score
+// tile; top 1 and 5 stream into heaps, top 64 takes the radix select.
 TEST(IndexTopk, DeepSeekIndexerMatchesReference) {
-  IndexInputs in = make(2, 1, 37, 4, 16, 37);
-  for (bool causal : {false, true}) {
-    for (int64_t top_k : {1, 5, 64}) {
-      expect_matches_reference(in, true, IndexTopkOptions().top_k(top_k).causal(causal));
+  for (int64_t heads : {4, 8, 3}) {
+    SCOPED_TRACE(heads);
+    IndexInputs in = make(2, 1, 37, heads, 16, 37);
+    for (bool causal : {false, true}) {
+      for (int64_t top_k : {1, 5, 64}) {
+        expect_matches_reference(in, true, IndexTopkOptions().top_k(top_k).causal(causal));
+      }
     }
   }
 }

@@ -10,10 +10,11 @@ constexpr int64_t kBlockK = 64;
 constexpr int64_t kRowBlock = 4;
 static_assert(kBlockK % (Vec::kLanes * Vec::kColVecs) == 0, "kBlockK must be whole column chunks");
 
-// S[0:4, 0:C*L] <- Q[0:4, 0:D] Kt[0:D, 0:C*L]; Q rows have stride D, Kt and S stride kBlockK.
+// acc[r][c] <- Q[r, 0:D] Kt[0:D, c*L : (c+1)*L] for r < 4, c < C; Q rows have stride D, Kt
+// stride kBlockK. Inlined into its callers, which keep acc in registers.
 template <int C>
-static inline void qk_micro(const float* q, int64_t head_dim, const float* kt, float* s) {
-  typename Vec::reg acc[kRowBlock][C];
+__attribute__((always_inline)) static inline void qk_micro_regs(
+    const float* q, int64_t head_dim, const float* kt, typename Vec::reg (&acc)[kRowBlock][C]) {
   for (int r = 0; r < kRowBlock; ++r)
     for (int c = 0; c < C; ++c) acc[r][c] = Vec::zero();
   for (int64_t d = 0; d < head_dim; ++d) {
@@ -24,6 +25,13 @@ static inline void qk_micro(const float* q, int64_t head_dim, const float* kt, f
       for (int c = 0; c < C; ++c) acc[r][c] = Vec::fma(qv, kv[c], acc[r][c]);
     }
   }
+}
+
+// S[0:4, 0:C*L] <- Q[0:4, 0:D] Kt[0:D, 0:C*L]; Q rows have stride D, Kt and S stride kBlockK.
+template <int C>
+static inline void qk_micro(const float* q, int64_t head_dim, const float* kt, float* s) {
+  typename Vec::reg acc[kRowBlock][C];
+  qk_micro_regs<C>(q, head_dim, kt, acc);
   for (int r = 0; r < kRowBlock; ++r)
     for (int c = 0; c < C; ++c) Vec::store(s + r * kBlockK + c * Vec::kLanes, acc[r][c]);
 }

@@ -6,8 +6,9 @@
 //   S    <- Qs Kt                                  [rows, kTileK]  4 x C register-blocked
 //   comb <- sum_h w[ii, h] act(S[ii * Hi + h])     [kTileK] per query, -inf where invisible
 //   heap <- comb                                   streaming top-k per query (select.h)
-// so the [Tq, Tk] score matrix never exists: per thread the working set is the packed queries,
-// one key tile and one score tile, all in L1/L2.
+// When Hi is a multiple of 4, S of one query's 4 heads stays in registers and is combined
+// there (qk_combine): no score tile. Either way the [Tq, Tk] score matrix never exists: per
+// thread the working set is the packed queries, one key tile (and one score tile), in L1/L2.
 
 // The tile width kBlockK (64 keys), kRowBlock and qk_micro come from the flash kernels.
 #include "kernels/flash/qk_micro_impl.h"
@@ -25,6 +26,28 @@ static inline uint32_t above_mask(typename Vec::reg x, float t) {
 #endif
 }
 
+// out[0:C*L] (+)= sum_r w[r] act(Q[r] Kt) over 4 heads r of one query: the head combine in
+// registers, no score tile.
+template <int C>
+static inline void qk_combine(const float* q,
+                              int64_t head_dim,
+                              const float* kt,
+                              const float* w,
+                              bool relu,
+                              bool accumulate,
+                              float* out) {
+  typename Vec::reg acc[kRowBlock][C];
+  qk_micro_regs<C>(q, head_dim, kt, acc);
+  for (int c = 0; c < C; ++c) {
+    typename Vec::reg o = accumulate ? Vec::load(out + c * Vec::kLanes) : Vec::zero();
+    for (int r = 0; r < kRowBlock; ++r) {
+      const typename Vec::reg x = relu ? Vec::max(acc[r][c], Vec::zero()) : acc[r][c];
+      o = Vec::fma(Vec::set1(w[r]), x, o);
+    }
+    Vec::store(out + c * Vec::kLanes, o);
+  }
+}
+
 static void index_topk_impl(const IndexTopkParams& p) {
   const int64_t B = p.batch_size, G = p.num_groups, Tq = p.seq_len_q, Tk = p.seq_len_kv;
   const int64_t Hi = p.num_heads, D = p.head_dim, K = p.top_k;
@@ -35,6 +58,9 @@ static void index_topk_impl(const IndexTopkParams& p) {
   // Long lists keep each query's whole scored row and select by radix; short ones stream into a
   // heap per query.
   const bool radix = p.block_size == 1 && K >= kRadixMinTopK;
+  // Heads in whole register blocks: each query's heads are scored and combined in registers
+  // (qk_combine); otherwise a score tile [rows, kTileK] is combined after (qk_micro).
+  const bool fused_combine = Hi % kRowBlock == 0;
 
   // K^T of every batch, packed once as fp32 tiles [B, num_tiles, D, kTileK] (zero columns past
   // Tk): a tile is one contiguous 16 KB block (a [D, Tk] layout would put its rows Tk floats
@@ -106,23 +132,33 @@ static void index_topk_impl(const IndexTopkParams& p) {
       const int64_t hi = causal_limit(p, i0 + nq - 1);
       for (int64_t j0 = 0; j0 < hi; j0 += kTileK) {
         const int64_t width = std::min(kTileK, hi - j0);
-        for (int64_t r = 0; r < rows_pad; r += kRowBlock) {
-          for (int64_t c0 = 0; c0 < kTileK; c0 += kChunk)
-            qk_micro<Vec::kColVecs>(qs + r * D, D, kt_b + j0 * D + c0, s + r * kTileK + c0);
+        if (!fused_combine) {
+          for (int64_t r = 0; r < rows_pad; r += kRowBlock) {
+            for (int64_t c0 = 0; c0 < kTileK; c0 += kChunk)
+              qk_micro<Vec::kColVecs>(qs + r * D, D, kt_b + j0 * D + c0, s + r * kTileK + c0);
+          }
         }
         for (int64_t ii = 0; ii < nq; ++ii) {
           const int64_t i = i0 + ii;
           const int64_t n = std::min(width, causal_limit(p, i) - j0);
           if (n <= 0) continue;
           float* out = radix ? rows_or_heaps + ii * tk_pad + j0 : comb;
-          for (int64_t c = 0; c < kTileK; c += Vec::kLanes) {
-            typename Vec::reg acc = Vec::zero();
-            for (int64_t h = 0; h < Hi; ++h) {
-              typename Vec::reg x = Vec::load(s + (ii * Hi + h) * kTileK + c);
-              if (p.relu) x = Vec::max(x, Vec::zero());
-              acc = Vec::fma(Vec::set1(wr[ii * Hi + h]), x, acc);
+          if (fused_combine) {
+            for (int64_t h = 0; h < Hi; h += kRowBlock) {
+              for (int64_t c0 = 0; c0 < kTileK; c0 += kChunk)
+                qk_combine<Vec::kColVecs>(qs + (ii * Hi + h) * D, D, kt_b + j0 * D + c0,
+                                          wr + ii * Hi + h, p.relu, h > 0, out + c0);
             }
-            Vec::store(out + c, acc);
+          } else {
+            for (int64_t c = 0; c < kTileK; c += Vec::kLanes) {
+              typename Vec::reg acc = Vec::zero();
+              for (int64_t h = 0; h < Hi; ++h) {
+                typename Vec::reg x = Vec::load(s + (ii * Hi + h) * kTileK + c);
+                if (p.relu) x = Vec::max(x, Vec::zero());
+                acc = Vec::fma(Vec::set1(wr[ii * Hi + h]), x, acc);
+              }
+              Vec::store(out + c, acc);
+            }
           }
           if (p.maybe_keep != nullptr) {
             const uint8_t* keep = p.maybe_keep + b * p.keep_stride_b + i * p.keep_stride_q;
