@@ -131,9 +131,10 @@ __attribute__((noinline)) static void qk_heads(const float* q,
   }
 }
 
-// s[n] = scale * q . k_rows[keys[n] * stride] for n < n_keys (whole vectors of keys), one head
-// of ND vectors: q stays in registers over the segment and each key row is dotted whole, so no
-// row pointers are held (qk_heads keeps L of them live, more than the registers hold).
+// s[n] = scale * q . k_rows[keys[n] * stride] for n < n_keys, one head of ND vectors: q stays in
+// registers over the segment and each key row is dotted whole, so no row pointers are held
+// (qk_heads keeps L of them live, more than the registers hold). A last partial vector of keys
+// repeats its last key (an L1 hit) and writes s up to the next whole vector.
 template <int ND>
 __attribute__((noinline)) static void qk_segment(const float* q,
                                                  const float* k_rows,
@@ -145,10 +146,16 @@ __attribute__((noinline)) static void qk_segment(const float* q,
   constexpr int L = Vec::kLanes;
   typename Vec::reg qv[ND];
   for (int e = 0; e < ND; ++e) qv[e] = Vec::load(q + e * L);
+  int32_t tail[L];
   for (int64_t n0 = 0; n0 < n_keys; n0 += L) {
+    const int32_t* kk = keys + n0;
+    if (n_keys - n0 < L) {
+      for (int c = 0; c < L; ++c) tail[c] = kk[std::min<int64_t>(c, n_keys - n0 - 1)];
+      kk = tail;
+    }
     typename Vec::reg dot[L];  // dot[Vec::sum_slot(c)]: key n0 + c
     for (int c = 0; c < L; ++c) {
-      const float* row = k_rows + keys[n0 + c] * stride;
+      const float* row = k_rows + kk[c] * stride;
       typename Vec::reg a = Vec::mul(qv[0], Vec::load(row));
       for (int e = 1; e < ND; ++e) a = Vec::fma(qv[e], Vec::load(row + e * L), a);
       dot[Vec::sum_slot(c)] = a;
@@ -342,16 +349,13 @@ static void gather_forward_impl(const GatherParams& p) {
           const int32_t* keys = ksorted + qi * K + st[chunk];
           const float* wk = p.maybe_weights ? wsorted + qi * K + st[chunk] : nullptr;
           // s[g, n] = scale * q_g . k[keys_n], L keys at a time (qk_heads).
-          // One head, rows in place: whole vectors of keys by qk_segment, the rest by qk_heads.
+          // One head, rows in place: qk_segment; otherwise qk_heads.
           int64_t n_done = 0;
-          if (G == 1 && k_in_place && n_seg >= L) {
-            const int64_t n_full = n_seg / L * L;
-            if (with_vector_count(d_pad / L, [&](auto nd) {
-                  qk_segment<decltype(nd)::value>(qrows + qi * d_pad, k_rows, k_stride_t, keys,
-                                                  n_full, p.scale, s);
-                }))
-              n_done = n_full;
-          }
+          if (G == 1 && k_in_place && with_vector_count(d_pad / L, [&](auto nd) {
+                qk_segment<decltype(nd)::value>(qrows + qi * d_pad, k_rows, k_stride_t, keys, n_seg,
+                                                p.scale, s);
+              }))
+            n_done = n_seg;
           for (int64_t n0 = n_done; n0 < n_seg; n0 += L) {
             const int64_t nk = std::min<int64_t>(L, n_seg - n0);
             const float* krows[L];
