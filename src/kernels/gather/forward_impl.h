@@ -218,42 +218,191 @@ static inline void for_head_groups(int64_t G, F&& f) {
   for (; g < G; ++g) f(std::integral_constant<int, 1>{}, g);
 }
 
-// Queries per work item and the least keys per chunk. A work item walks the key axis chunk by
-// chunk and, per chunk, serves every query of the item its listed keys in that chunk: the
-// chunk's K and V rows (512 x (D + Dv) floats = 512 KB at D = Dv = 128) are fetched from memory
-// once and reused from L2 by all the queries that list them, instead of once per query. The
-// item holds enough queries for each key of a chunk to be listed about kUsesPerKey times
-// (queries x K / Tkv), within [64, 2048] queries: at T = 16K that made top-256 1.7x and
-// top-2048 1.35x faster than items of 64K list entries. Short lists get longer chunks (about
-// L keys per query and chunk): a segment has fixed costs.
-constexpr int64_t kUsesPerKey = 64;
+// The rows of k or v of one (b, kv head): read in place when fp32 with unit stride and whole
+// vectors, otherwise widened into scratch.
+struct Rows {
+  const void* base = nullptr;
+  FlashDtype dtype = FlashDtype::kFloat32;
+  int64_t off = 0, stride_t = 0, stride_d = 1, dim = 0, dim_pad = 0;
+  const float* in_place = nullptr;  // row j at in_place + j * stride_t, or null
+
+  Rows(const void* base_,
+       FlashDtype dtype_,
+       int64_t off_,
+       int64_t stride_t_,
+       int64_t stride_d_,
+       int64_t dim_)
+      : base(base_),
+        dtype(dtype_),
+        off(off_),
+        stride_t(stride_t_),
+        stride_d(stride_d_),
+        dim(dim_),
+        dim_pad(round_up_lanes(dim_)) {
+    if (dtype == FlashDtype::kFloat32 && stride_d == 1 && dim % Vec::kLanes == 0)
+      in_place = static_cast<const float*>(base) + off;
+  }
+  /// Row j as dim_pad floats: in place, or widened into scratch.
+  const float* row(int64_t j, float* scratch) const {
+    if (in_place != nullptr) return in_place + j * stride_t;
+    load_row(base, dtype, off + j * stride_t, stride_d, dim, dim_pad, scratch);
+    return scratch;
+  }
+};
+
+// s[g * s_stride + n] = scale * x_g . rows[keys[n]] for n < n_seg and the G rows x_g (dim_pad
+// apart); whole vectors of keys are written, up to L - 1 places past n_seg. One row read in
+// place: qk_segment; otherwise L keys at a time by qk_heads (widened rows in `block`, L rows of
+// dim_pad; `zero_row` pads the last vector).
+static void dot_rows(const float* x,
+                     int64_t G,
+                     const Rows& rows,
+                     const int32_t* keys,
+                     int64_t n_seg,
+                     float scale,
+                     float* s,
+                     int64_t s_stride,
+                     float* block,
+                     const float* zero_row) {
+  constexpr int L = Vec::kLanes;
+  if (G == 1 && rows.in_place != nullptr && with_vector_count(rows.dim_pad / L, [&](auto nd) {
+        qk_segment<decltype(nd)::value>(x, rows.in_place, rows.stride_t, keys, n_seg, scale, s);
+      }))
+    return;
+  for (int64_t n0 = 0; n0 < n_seg; n0 += L) {
+    const int64_t nk = std::min<int64_t>(L, n_seg - n0);
+    const float* r[L];
+    for (int64_t c = 0; c < L; ++c)
+      r[c] = c < nk ? rows.row(keys[n0 + c], block + c * rows.dim_pad) : zero_row;
+    for_head_groups(G, [&](auto gb, int64_t g) {
+      qk_heads<decltype(gb)::value>(x + g * rows.dim_pad, rows.dim_pad, r, scale,
+                                    s + g * s_stride + n0, s_stride);
+    });
+  }
+}
+
+// acc[g * acc_stride + 0:dim_pad] += sum_n c[g * c_stride + n] rows[keys[n]] for n < n_seg and
+// G rows of acc. In place, pv_heads keeps the accumulators in registers over the segment;
+// widened rows go through `scratch` one key at a time.
+static void accumulate_rows(const Rows& rows,
+                            const int32_t* keys,
+                            int64_t n_seg,
+                            int64_t G,
+                            const float* c,
+                            int64_t c_stride,
+                            float* acc,
+                            int64_t acc_stride,
+                            float* scratch) {
+  if (rows.in_place != nullptr) {
+    for_head_groups(G, [&](auto gb, int64_t g) {
+      pv_heads<decltype(gb)::value>(rows.in_place, rows.stride_t, keys, n_seg, c + g * c_stride,
+                                    c_stride, acc + g * acc_stride, acc_stride, rows.dim);
+    });
+    return;
+  }
+  for (int64_t n = 0; n < n_seg; ++n) {
+    const float* r = rows.row(keys[n], scratch);
+    for (int64_t g = 0; g < G; ++g) {
+      const typename Vec::reg cv = Vec::set1(c[g * c_stride + n]);
+      float* ag = acc + g * acc_stride;
+      for (int64_t e = 0; e < rows.dim_pad; e += Vec::kLanes)
+        Vec::store(ag + e, Vec::fma(cv, Vec::load(r + e), Vec::load(ag + e)));
+    }
+  }
+}
+
+// The usable list entries of queries i0 + qi (qi < nq, list rows from first_row on), bucketed
+// by chunk of 2^chunk_shift keys: a counting sort, order inside a chunk is the list order.
+// Query qi's slot n holds keys[qi * K + n] (K = p.slots()) and, when given, the entry's weight
+// (weights) and index in the list (entries); chunk c's slots are [st[c], st[c + 1]) with
+// st = starts + qi * (num_chunks + 1).
+static void bucket_lists(const GatherParams& p,
+                         int64_t first_row,
+                         int64_t i0,
+                         int64_t nq,
+                         int chunk_shift,
+                         int64_t num_chunks,
+                         int32_t* keys,
+                         float* weights,
+                         int32_t* entries,
+                         int64_t* starts) {
+  const int64_t K = p.slots(), E = p.num_keys, bs = p.block_size;
+  for (int64_t qi = 0; qi < nq; ++qi) {
+    const int64_t* idx = p.indices + (first_row + qi) * E;
+    const float* w = p.maybe_weights ? p.maybe_weights + (first_row + qi) * E : nullptr;
+    const int64_t key_end = p.key_end(i0 + qi);
+    // The keys [lo, hi) of entry n: its block, cut at the row's end; empty when unused.
+    auto range = [&](int64_t n, int64_t& lo, int64_t& hi) {
+      lo = idx[n] * bs;
+      hi = idx[n] < 0 || (w != nullptr && w[n] <= 0.0f) ? lo : std::min(lo + bs, key_end);
+    };
+    int64_t* st = starts + qi * (num_chunks + 1);
+    std::fill(st, st + num_chunks + 1, int64_t{0});
+    int64_t lo, hi;
+    for (int64_t n = 0; n < E; ++n) {
+      range(n, lo, hi);
+      for (int64_t j = lo; j < hi; ++j) ++st[(j >> chunk_shift) + 1];
+    }
+    for (int64_t c = 0; c < num_chunks; ++c) st[c + 1] += st[c];
+    int64_t* fill = st;  // reuse: st[c] advances while filling, then is restored below
+    for (int64_t n = 0; n < E; ++n) {
+      range(n, lo, hi);
+      for (int64_t j = lo; j < hi; ++j) {
+        const int64_t slot = qi * K + fill[j >> chunk_shift]++;
+        keys[slot] = static_cast<int32_t>(j);
+        if (weights != nullptr) weights[slot] = w[n];
+        if (entries != nullptr) entries[slot] = static_cast<int32_t>(n);
+      }
+    }
+    // fill[c] now holds the end of chunk c = the start of chunk c + 1: shift back.
+    for (int64_t c = num_chunks; c > 0; --c) st[c] = st[c - 1];
+    st[0] = 0;
+  }
+}
+
+// The shift of a chunk: a power of two of at least min_keys, and about L keys per query and
+// chunk for short lists (a segment has fixed costs).
+static inline int chunk_shift_for(const GatherParams& p, int64_t min_keys) {
+  int shift = 0;
+  while ((int64_t{1} << shift) <
+         std::max(min_keys, Vec::kLanes * p.seq_len_kv / std::max<int64_t>(1, p.slots())))
+    ++shift;
+  return shift;
+}
+
+// Queries per work item: enough for each key of a chunk to be listed about kUsesPerKey times
+// (queries x K / Tkv), within [64, 2048], and at least 4 items per thread.
+static inline int64_t queries_per_item(const GatherParams& p, int num_threads) {
+  constexpr int64_t kUsesPerKey = 64;
+  const int64_t Tq = p.seq_len_q;
+  return std::max<int64_t>(
+      1,
+      std::min(
+          {Tq, (p.batch_size * p.num_heads_kv * Tq + 4 * num_threads - 1) / (4 * num_threads),
+           std::min<int64_t>(2048, std::max<int64_t>(64, kUsesPerKey * p.seq_len_kv /
+                                                             std::max<int64_t>(1, p.slots())))}));
+}
+
+// The forward's work items and chunks. A work item (queries_per_item queries of one kv head)
+// walks the key axis chunk by chunk and, per chunk, serves every query of the item its listed
+// keys in that chunk: the chunk's K and V rows (512 x (D + Dv) floats = 512 KB at D = Dv = 128)
+// are fetched from memory once and reused from L2 by all the queries that list them, instead of
+// once per query. At T = 16K that made top-256 1.7x and top-2048 1.35x faster than items of 64K
+// list entries.
 constexpr int64_t kMinChunkKeys = 512;
 
 static void gather_forward_impl(const GatherParams& p) {
   const int64_t Hq = p.num_heads_q, Hkv = p.num_heads_kv, G = Hq / Hkv, Tq = p.seq_len_q;
-  // K: slots per list row (entries x block size); E: entries.
-  const int64_t K = p.slots(), E = p.num_keys, bs = p.block_size;
+  const int64_t K = p.slots();  // slots per list row (entries x block size)
   const int64_t D = p.head_dim, Dv = p.head_dim_v;
   const int64_t d_pad = round_up_lanes(D), dv_pad = round_up_lanes(Dv);
   const int num_threads = at::get_num_threads();
-  // ... and at least 4 items per thread.
-  const int64_t QB = std::max<int64_t>(
-      1, std::min({Tq, (p.batch_size * Hkv * Tq + 4 * num_threads - 1) / (4 * num_threads),
-                   std::min<int64_t>(2048, std::max<int64_t>(64, kUsesPerKey * p.seq_len_kv /
-                                                                     std::max<int64_t>(1, K)))}));
+  const int64_t QB = queries_per_item(p, num_threads);
   const int64_t num_q_blocks = (Tq + QB - 1) / QB;
   constexpr float kNegInf = -std::numeric_limits<float>::infinity();
   constexpr int L = Vec::kLanes;
-  // A power of two, so that bucketing a key is a shift.
-  int chunk_shift = 0;
-  while ((int64_t{1} << chunk_shift) <
-         std::max(kMinChunkKeys, L * p.seq_len_kv / std::max<int64_t>(1, K)))
-    ++chunk_shift;
+  const int chunk_shift = chunk_shift_for(p, kMinChunkKeys);
   const int64_t num_chunks = (p.seq_len_kv >> chunk_shift) + 1;
-  // fp32 rows with unit stride and whole vectors are read in place; others are widened into
-  // scratch first.
-  const bool k_in_place = p.dtype == FlashDtype::kFloat32 && p.k_stride_d == 1 && D % L == 0;
-  const bool v_in_place = p.dtype == FlashDtype::kFloat32 && p.v_stride_d == 1 && Dv % L == 0;
   // Per-thread scratch (floats): the item's query rows and accumulators, row max and denominator,
   // scores of one segment, a block of L key rows, one value row, a zero row, and each query's
   // list bucketed by chunk: keys (int32, to keep the lists small next to the chunk's rows in
@@ -291,9 +440,10 @@ static void gather_forward_impl(const GatherParams& p) {
       const int64_t b = bt / num_q_blocks, t = bt % num_q_blocks;
       const int64_t qb = (t % 2 == 0) ? t / 2 : num_q_blocks - 1 - t / 2;
       const int64_t i0 = qb * QB, nq = std::min(QB, Tq - i0);
-      const int64_t k_base = b * p.k_stride_b + hkv * p.k_stride_h, k_stride_t = p.k_stride_t;
-      const float* k_rows = k_in_place ? static_cast<const float*>(p.k) + k_base : nullptr;
-      const int64_t v_base = b * p.v_stride_b + hkv * p.v_stride_h;
+      const Rows krows(p.k, p.dtype, b * p.k_stride_b + hkv * p.k_stride_h, p.k_stride_t,
+                       p.k_stride_d, D);
+      const Rows vrows(p.v, p.dtype, b * p.v_stride_b + hkv * p.v_stride_h, p.v_stride_t,
+                       p.v_stride_d, Dv);
 
       // Per query: q rows and a fresh softmax state.
       for (int64_t qi = 0; qi < nq; ++qi) {
@@ -306,40 +456,12 @@ static void gather_forward_impl(const GatherParams& p) {
         }
         fill_floats(acc + qi * G * dv_pad, acc + (qi + 1) * G * dv_pad, 0.0f);
       }
-      // Per query: its usable list entries bucketed by chunk (a counting sort; order inside a
-      // chunk is the list order).
       const int64_t first_row = p.list_row((b * Hkv + hkv) * Tq + i0);
-      for (int64_t qi = 0; qi < nq && first_row != bucketed; ++qi) {
-        const int64_t* idx = p.indices + (first_row + qi) * E;
-        const float* w = p.maybe_weights ? p.maybe_weights + (first_row + qi) * E : nullptr;
-        const int64_t key_end = p.key_end(i0 + qi);
-        // The keys [lo, hi) of entry n: its block, cut at the row's end; empty when unused.
-        auto range = [&](int64_t n, int64_t& lo, int64_t& hi) {
-          lo = idx[n] * bs;
-          hi = idx[n] < 0 || (w != nullptr && w[n] <= 0.0f) ? lo : std::min(lo + bs, key_end);
-        };
-        int64_t* st = starts + qi * (num_chunks + 1);
-        std::fill(st, st + num_chunks + 1, int64_t{0});
-        int64_t lo, hi;
-        for (int64_t n = 0; n < E; ++n) {
-          range(n, lo, hi);
-          for (int64_t j = lo; j < hi; ++j) ++st[(j >> chunk_shift) + 1];
-        }
-        for (int64_t c = 0; c < num_chunks; ++c) st[c + 1] += st[c];
-        int64_t* fill = st;  // reuse: st[c] advances while filling, then is restored below
-        for (int64_t n = 0; n < E; ++n) {
-          range(n, lo, hi);
-          for (int64_t j = lo; j < hi; ++j) {
-            const int64_t slot = qi * K + fill[j >> chunk_shift]++;
-            ksorted[slot] = static_cast<int32_t>(j);
-            if (w != nullptr) wsorted[slot] = w[n];
-          }
-        }
-        // fill[c] now holds the end of chunk c = the start of chunk c + 1: shift back.
-        for (int64_t c = num_chunks; c > 0; --c) st[c] = st[c - 1];
-        st[0] = 0;
+      if (first_row != bucketed) {
+        bucket_lists(p, first_row, i0, nq, chunk_shift, num_chunks, ksorted,
+                     p.maybe_weights ? wsorted : nullptr, nullptr, starts);
+        bucketed = first_row;
       }
-      bucketed = first_row;
 
       for (int64_t chunk = 0; chunk < num_chunks; ++chunk) {
         for (int64_t qi = 0; qi < nq; ++qi) {
@@ -348,63 +470,15 @@ static void gather_forward_impl(const GatherParams& p) {
           if (n_seg == 0) continue;
           const int32_t* keys = ksorted + qi * K + st[chunk];
           const float* wk = p.maybe_weights ? wsorted + qi * K + st[chunk] : nullptr;
-          // s[g, n] = scale * q_g . k[keys_n], L keys at a time (qk_heads).
-          // One head, rows in place: qk_segment; otherwise qk_heads.
-          int64_t n_done = 0;
-          if (G == 1 && k_in_place && with_vector_count(d_pad / L, [&](auto nd) {
-                qk_segment<decltype(nd)::value>(qrows + qi * d_pad, k_rows, k_stride_t, keys, n_seg,
-                                                p.scale, s);
-              }))
-            n_done = n_seg;
-          for (int64_t n0 = n_done; n0 < n_seg; n0 += L) {
-            const int64_t nk = std::min<int64_t>(L, n_seg - n0);
-            const float* krows[L];
-            if (k_in_place && nk == L) {
-              for (int c = 0; c < L; ++c) krows[c] = k_rows + keys[n0 + c] * k_stride_t;
-            } else {
-              for (int64_t c = 0; c < L; ++c) {
-                krows[c] = zero_row;
-                if (c >= nk) continue;
-                if (k_in_place) {
-                  krows[c] = k_rows + keys[n0 + c] * k_stride_t;
-                } else {
-                  load_row(p.k, p.dtype, k_base + keys[n0 + c] * k_stride_t, p.k_stride_d, D, d_pad,
-                           kblock + c * d_pad);
-                  krows[c] = kblock + c * d_pad;
-                }
-              }
-            }
-            const float* qq = qrows + qi * G * d_pad;
-            for_head_groups(G, [&](auto gb, int64_t g) {
-              qk_heads<decltype(gb)::value>(qq + g * d_pad, d_pad, krows, p.scale,
-                                            s + g * (K + L) + n0, K + L);
-            });
-          }
-          // Online softmax over the segment: p_n = w_n exp(s_n - m'), acc <- acc e^(m - m') + p V.
+          // s[g, n] = scale * q_g . k[keys_n]; then the online softmax over the segment,
+          // p_n = w_n exp(s_n - m'), acc <- acc e^(m - m') + p V.
+          dot_rows(qrows + qi * G * d_pad, G, krows, keys, n_seg, p.scale, s, K + L, kblock,
+                   zero_row);
           for (int64_t g = 0; g < G; ++g) {
             softmax_segment(s + g * (K + L), n_seg, wk, m[qi * G + g], l[qi * G + g],
                             acc + (qi * G + g) * dv_pad, dv_pad);
           }
-          // acc[g] += p[g, n] v[keys_n]: in place, the accumulator stays in registers over the
-          // segment (NV vectors at a time); widened rows go through scratch one key at a time.
-          if (v_in_place) {
-            const float* v0 = static_cast<const float*>(p.v) + v_base;
-            for_head_groups(G, [&](auto gb, int64_t g) {
-              pv_heads<decltype(gb)::value>(v0, p.v_stride_t, keys, n_seg, s + g * (K + L), K + L,
-                                            acc + (qi * G + g) * dv_pad, dv_pad, Dv);
-            });
-          } else {
-            for (int64_t n = 0; n < n_seg; ++n) {
-              load_row(p.v, p.dtype, v_base + keys[n] * p.v_stride_t, p.v_stride_d, Dv, dv_pad,
-                       vrow);
-              for (int64_t g = 0; g < G; ++g) {
-                const typename Vec::reg pv = Vec::set1(s[g * (K + L) + n]);
-                float* ag = acc + (qi * G + g) * dv_pad;
-                for (int64_t e = 0; e < dv_pad; e += L)
-                  Vec::store(ag + e, Vec::fma(pv, Vec::load(vrow + e), Vec::load(ag + e)));
-              }
-            }
-          }
+          accumulate_rows(vrows, keys, n_seg, G, s, K + L, acc + qi * G * dv_pad, dv_pad, vrow);
         }
       }
 
