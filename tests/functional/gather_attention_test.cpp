@@ -53,8 +53,8 @@ void expect_grads_on_every_isa(const std::function<std::vector<torch::Tensor>()>
   }
 }
 
-// Gradients of sum(out * dout) for q, k, v, w (and the sinks, when sinks0 is given) through
-// the fused op in fp32 (`fused`) or through the reference in double.
+// Gradients of sum(out * dout) for q, k, v, w (when w0 is given) and the sinks (when sinks0 is)
+// through the fused op in fp32 (`fused`) or through the reference in double.
 std::vector<torch::Tensor> gather_grads(bool fused,
                                         const GatherInputs& in,
                                         const torch::Tensor& idx,
@@ -65,14 +65,15 @@ std::vector<torch::Tensor> gather_grads(bool fused,
   auto dt = fused ? torch::kFloat : torch::kDouble;
   torch::Tensor q = in.q.to(dt).detach().requires_grad_(true),
                 k = in.k.to(dt).detach().requires_grad_(true);
-  torch::Tensor v = in.v.to(dt).detach().requires_grad_(true),
-                w = w0.to(dt).detach().requires_grad_(true);
+  torch::Tensor v = in.v.to(dt).detach().requires_grad_(true), w;
+  if (w0.defined()) w = w0.to(dt).detach().requires_grad_(true);
   torch::Tensor sinks;
   if (sinks0.defined()) o.sinks(sinks = sinks0.to(dt).detach().requires_grad_(true));
   torch::Tensor out = fused ? gather_attention(q, k, v, idx, w, o).output
                             : gather_attention_reference(q, k, v, idx, w, o).output;
   (out.to(torch::kDouble) * dout.to(torch::kDouble)).sum().backward();
-  std::vector<torch::Tensor> grads{q.grad(), k.grad(), v.grad(), w.grad()};
+  std::vector<torch::Tensor> grads{q.grad(), k.grad(), v.grad()};
+  if (w.defined()) grads.push_back(w.grad());
   if (sinks.defined()) grads.push_back(sinks.grad());
   return grads;
 }
@@ -109,6 +110,23 @@ TEST(GatherAttention, GradientsMatchAutogradThroughTheReference) {
   auto run = [&](bool fused) { return gather_grads(fused, in, in.idx, in.w, dout); };
   auto expected = run(false);
   expect_grads_on_every_isa([&] { return run(true); }, expected);
+}
+
+// The backward walks the key axis in chunks and the queries in blocks as the forward does:
+// lists spanning many chunks (with duplicates and unused slots), several query blocks, one and
+// two heads per kv head (one head takes qk_segment), weights, to the reference's gradients.
+TEST(GatherAttention, GradientsOverManyChunksMatchReference) {
+  for (int64_t Hkv : {4, 2}) {
+    SCOPED_TRACE(Hkv);
+    GatherInputs in = make(1, 4, Hkv, 200, 1500, 32, 16, 150, torch::kFloat);
+    torch::Tensor dout = torch::randn({1, 4, 200, 16});
+    for (bool weighted : {false, true}) {
+      torch::Tensor w = weighted ? in.w : torch::Tensor();
+      auto run = [&](bool fused) { return gather_grads(fused, in, in.idx, w, dout); };
+      auto expected = run(false);
+      expect_grads_on_every_isa([&] { return run(true); }, expected);
+    }
+  }
 }
 
 // One list per query shared by the kv heads ([B, 1, Tq, K]) equals that list repeated per head,

@@ -1,144 +1,217 @@
 // SIMD gather-attention backward (recompute from the saved lse), included after forward_impl.h
-// by the ISA translation units. Work items are query positions (b, kv head, i) as in the
-// forward; dK and dV rows can be hit by any item, so each thread accumulates into its own fp32
-// copies, summed at the end (deterministic, no atomics). Per row and kLanes keys at a time:
+// by the ISA translation units, whose helpers it shares. Work items and chunks are the
+// forward's: an item is a block of queries of one kv head, bucketed by chunk of keys, and the
+// chunk's K, V, dK and dV rows stay in L2 while every query of the item serves the ones it
+// lists. dK and dV rows can be hit by any item, so each thread accumulates into its own fp32
+// copies, summed at the end (deterministic, no atomics). Per query segment and head g:
 //   forward: s = scale q.k ; e = exp(s - lse) ; p = w e ; out = sum p v
 //   dP = dO . v ;  dS = p (dP - Di) ;  dw += e (dP - Di) (summed over the G heads)
 //   dq += scale dS k ;  dk += scale dS q ;  dv += p dO
 
+// dst[keys[n] * ld + 0:ND L] += c[n] x for n < n_seg, one row x of ND vectors held in
+// registers.
+template <int ND>
+__attribute__((noinline)) static void scatter_add_row(
+    float* dst, int64_t ld, const int32_t* keys, int64_t n_seg, const float* c, const float* x) {
+  constexpr int L = Vec::kLanes;
+  typename Vec::reg xv[ND];
+  for (int e = 0; e < ND; ++e) xv[e] = Vec::load(x + e * L);
+  for (int64_t n = 0; n < n_seg; ++n) {
+    float* row = dst + keys[n] * ld;
+    const typename Vec::reg cv = Vec::set1(c[n]);
+    for (int e = 0; e < ND; ++e)
+      Vec::store(row + e * L, Vec::fma(cv, xv[e], Vec::load(row + e * L)));
+  }
+}
+
+// dst[keys[n] * ld + 0:dim_pad] += sum_g c[g * c_stride + n] x[g * dim_pad + 0:dim_pad] for
+// n < n_seg, over the G rows x (each row of dst read and written once per key).
+static void scatter_add_rows(float* dst,
+                             int64_t ld,
+                             const int32_t* keys,
+                             int64_t n_seg,
+                             int64_t G,
+                             const float* c,
+                             int64_t c_stride,
+                             const float* x,
+                             int64_t dim_pad) {
+  constexpr int L = Vec::kLanes;
+  if (G == 1 && with_vector_count(dim_pad / L, [&](auto nd) {
+        scatter_add_row<decltype(nd)::value>(dst, ld, keys, n_seg, c, x);
+      }))
+    return;
+  for (int64_t n = 0; n < n_seg; ++n) {
+    float* row = dst + keys[n] * ld;
+    for (int64_t e = 0; e < dim_pad; e += L) {
+      typename Vec::reg a = Vec::load(row + e);
+      for (int64_t g = 0; g < G; ++g)
+        a = Vec::fma(Vec::set1(c[g * c_stride + n]), Vec::load(x + g * dim_pad + e), a);
+      Vec::store(row + e, a);
+    }
+  }
+}
+
+// The backward's least keys per chunk: a chunk's K, V, dK and dV rows (4 x 256 x 512 B at
+// D = Dv = 128) share L2.
+constexpr int64_t kMinChunkKeysBackward = 256;
+
 static void gather_backward_impl(const GatherParams& p, const GatherBackwardParams& gr) {
   const int64_t B = p.batch_size, Hq = p.num_heads_q, Hkv = p.num_heads_kv, G = Hq / Hkv;
-  const int64_t Tq = p.seq_len_q, Tkv = p.seq_len_kv, K = p.num_keys, S = p.slots();
-  const int64_t bs = p.block_size;
+  const int64_t Tq = p.seq_len_q, Tkv = p.seq_len_kv, K = p.slots(), E = p.num_keys;
   const int64_t D = p.head_dim, Dv = p.head_dim_v;
   const int64_t d_pad = round_up_lanes(D), dv_pad = round_up_lanes(Dv);
+  const int64_t pad = std::max(d_pad, dv_pad);
   constexpr float kNegInf = -std::numeric_limits<float>::infinity();
   constexpr int64_t L = Vec::kLanes;
   const int num_threads = at::get_num_threads();
-  // Per-thread: G rows of q, dO, dq; key / value blocks and their transposes; dk / dv copies.
-  const int64_t f_rows = G * (d_pad + dv_pad + d_pad) + 2 * G;
-  const int64_t f_blocks = 2 * L * d_pad + 2 * L * dv_pad;
-  const int64_t f_kv = B * Hkv * Tkv * (D + Dv);
-  const int64_t per_thread = f_rows + f_blocks + f_kv;
+  const int64_t QB = queries_per_item(p, num_threads);
+  const int64_t num_q_blocks = (Tq + QB - 1) / QB;
+  const int chunk_shift = chunk_shift_for(p, kMinChunkKeysBackward);
+  const int64_t num_chunks = (Tkv >> chunk_shift) + 1;
+  const bool need_entries = gr.maybe_dweights != nullptr;
+  // Per-thread scratch (floats): the item's q, dO and dq rows, lse and Di, a segment's scores
+  // and dP (then p and dS), a block of L widened rows, one row, a zero row, the weights of
+  // the bucketed lists; the dK and dV copies (rows padded to whole vectors). Ints: the bucketed
+  // keys, their list entries (for the weight gradient), chunk starts.
+  const int64_t rows = QB * G;
+  const int64_t f_weights = p.maybe_weights ? QB * K + L : 0;
+  const int64_t f_rows =
+      rows * (2 * d_pad + dv_pad) + 2 * rows + 2 * G * (K + L) + L * pad + 2 * pad + f_weights;
+  const int64_t f_kv = B * Hkv * Tkv * (d_pad + dv_pad);
+  const int64_t per_thread = f_rows + f_kv;
+  const int64_t i_per_thread = QB * (num_chunks + 1);
   std::vector<float> slab(static_cast<size_t>(per_thread * num_threads), 0.0f);
-  std::vector<int64_t> key_slab(static_cast<size_t>(S * num_threads));
+  std::vector<int32_t> kslab(static_cast<size_t>(QB * K * num_threads));
+  std::vector<int32_t> eslab(static_cast<size_t>(need_entries ? QB * K * num_threads : 0));
+  std::vector<int64_t> islab(static_cast<size_t>(i_per_thread * num_threads));
 
-  at::parallel_for(0, B * Hkv * Tq, 16, [&](int64_t begin, int64_t end) {
-    float* base = slab.data() + per_thread * at::get_thread_num();
-    float* qrow = base;                                          // [G, d_pad]
-    float* dorow = qrow + G * d_pad;                             // [G, dv_pad]
-    float* dqrow = dorow + G * dv_pad;                           // [G, d_pad]
-    float* lse = dqrow + G * d_pad;                              // [G]
-    float* di = lse + G;                                         // [G]
-    float* kblock = di + G;                                      // [L, d_pad]
-    float* kt = kblock + L * d_pad;                              // [d_pad, L]
-    float* vblock = kt + L * d_pad;                              // [L, dv_pad]
-    float* vt = vblock + L * dv_pad;                             // [dv_pad, L]
-    float* dk_copy = vt + L * dv_pad;                            // [B, Hkv, Tkv, D]
-    float* dv_copy = dk_copy + B * Hkv * Tkv * D;                // [B, Hkv, Tkv, Dv]
-    int64_t* keys = key_slab.data() + S * at::get_thread_num();  // the row's key per slot
-    for (int64_t row = begin; row < end; ++row) {
-      const int64_t b = row / (Hkv * Tq), hkv = (row / Tq) % Hkv, i = row % Tq;
-      const float* w = p.maybe_weights ? p.maybe_weights + p.list_row(row) * K : nullptr;
-      p.row_keys(p.indices + p.list_row(row) * K, i, keys);
-      bool any_row = false;
-      for (int64_t g = 0; g < G; ++g) {
-        const int64_t h = hkv * G + g, out_row = (b * Hq + h) * Tq + i;
-        load_row(p.q, p.dtype, b * p.q_stride_b + h * p.q_stride_h + i * p.q_stride_t, p.q_stride_d,
-                 D, d_pad, qrow + g * d_pad);
-        load_row(gr.dout, p.dtype, out_row * Dv, 1, Dv, dv_pad, dorow + g * dv_pad);
-        lse[g] = p.lse[out_row];
-        any_row = any_row || lse[g] != kNegInf;
-        float s = 0.0f;  // Di = dO . O
-        for (int64_t e = 0; e < Dv; ++e) {
-          s += dorow[g * dv_pad + e] * flash::load_elem(p.out, p.dtype, out_row * Dv + e);
-        }
-        di[g] = s;
-        fill_floats(dqrow + g * d_pad, dqrow + (g + 1) * d_pad, 0.0f);
-      }
-      if (!any_row) continue;  // no usable key: the zero output depends on nothing
-      float* dk_base = dk_copy + (b * Hkv + hkv) * Tkv * D;
-      float* dv_base = dv_copy + (b * Hkv + hkv) * Tkv * Dv;
-      for (int64_t n0 = 0; n0 < S; n0 += L) {
-        const int64_t nk = std::min<int64_t>(L, S - n0);
-        for (int64_t c = 0; c < L; ++c) {
-          const int64_t n = n0 + c;
-          float* kd = kblock + c * d_pad;
-          float* vd = vblock + c * dv_pad;
-          if (c < nk && keys[n] >= 0) {
-            load_row(p.k, p.dtype, b * p.k_stride_b + hkv * p.k_stride_h + keys[n] * p.k_stride_t,
-                     p.k_stride_d, D, d_pad, kd);
-            load_row(p.v, p.dtype, b * p.v_stride_b + hkv * p.v_stride_h + keys[n] * p.v_stride_t,
-                     p.v_stride_d, Dv, dv_pad, vd);
-          } else {
-            fill_floats(kd, kd + d_pad, 0.0f);
-            fill_floats(vd, vd + dv_pad, 0.0f);
-          }
-        }
-        for (int64_t d = 0; d < d_pad; d += L)
-          Vec::transpose_block(kblock + d, d_pad, kt + d * L, L);
-        for (int64_t e = 0; e < dv_pad; e += L)
-          Vec::transpose_block(vblock + e, dv_pad, vt + e * L, L);
+  at::parallel_for(0, B * num_q_blocks * Hkv, 1, [&](int64_t begin, int64_t end) {
+    const int tid = at::get_thread_num();
+    float* qrows = slab.data() + per_thread * tid;  // [QB, G, d_pad]
+    float* dqrows = qrows + rows * d_pad;           // [QB, G, d_pad]
+    float* dorows = dqrows + rows * d_pad;          // [QB, G, dv_pad]
+    float* lse = dorows + rows * dv_pad;            // [QB, G]
+    float* di = lse + rows;                         // [QB, G]
+    float* s = di + rows;                           // [G, K + L]: scores, then p
+    float* dp = s + G * (K + L);                    // [G, K + L]: dP, then dS
+    float* block = dp + G * (K + L);                // [L, pad]
+    float* row_scratch = block + L * pad;
+    float* zero_row = row_scratch + pad;
+    float* wsorted = zero_row + pad;                           // [QB, K] (+ L) or none
+    float* dk_copy = slab.data() + per_thread * tid + f_rows;  // [B, Hkv, Tkv, d_pad]
+    float* dv_copy = dk_copy + B * Hkv * Tkv * d_pad;          // [B, Hkv, Tkv, dv_pad]
+    int32_t* ksorted = kslab.data() + QB * K * tid;            // [QB, K]
+    int32_t* esorted = need_entries ? eslab.data() + QB * K * tid : nullptr;
+    int64_t* starts = islab.data() + i_per_thread * tid;  // [QB, num_chunks + 1]
+    fill_floats(zero_row, zero_row + pad, 0.0f);
+    int64_t bucketed = -1;  // the list row block now in ksorted (shared lists: reused by heads)
+
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t hkv = item % Hkv, bt = item / Hkv;
+      const int64_t b = bt / num_q_blocks, t = bt % num_q_blocks;
+      const int64_t qb = (t % 2 == 0) ? t / 2 : num_q_blocks - 1 - t / 2;
+      const int64_t i0 = qb * QB, nq = std::min(QB, Tq - i0);
+      const Rows krows(p.k, p.dtype, b * p.k_stride_b + hkv * p.k_stride_h, p.k_stride_t,
+                       p.k_stride_d, D);
+      const Rows vrows(p.v, p.dtype, b * p.v_stride_b + hkv * p.v_stride_h, p.v_stride_t,
+                       p.v_stride_d, Dv);
+      float* dk_base = dk_copy + (b * Hkv + hkv) * Tkv * d_pad;
+      float* dv_base = dv_copy + (b * Hkv + hkv) * Tkv * dv_pad;
+
+      // Per query and head: q, dO, lse, Di = dO . O, and dq = 0.
+      for (int64_t qi = 0; qi < nq; ++qi) {
         for (int64_t g = 0; g < G; ++g) {
-          if (lse[g] == kNegInf) continue;
-          const float* qg = qrow + g * d_pad;
-          const float* dog = dorow + g * dv_pad;
-          typename Vec::reg sv = Vec::zero(), dpv = Vec::zero();
-          for (int64_t d = 0; d < D; ++d)
-            sv = Vec::fma(Vec::set1(qg[d]), Vec::load(kt + d * L), sv);
+          const int64_t h = hkv * G + g, out_row = (b * Hq + h) * Tq + i0 + qi, r = qi * G + g;
+          load_row(p.q, p.dtype, b * p.q_stride_b + h * p.q_stride_h + (i0 + qi) * p.q_stride_t,
+                   p.q_stride_d, D, d_pad, qrows + r * d_pad);
+          load_row(gr.dout, p.dtype, out_row * Dv, 1, Dv, dv_pad, dorows + r * dv_pad);
+          lse[r] = p.lse[out_row];
+          float sum = 0.0f;
           for (int64_t e = 0; e < Dv; ++e)
-            dpv = Vec::fma(Vec::set1(dog[e]), Vec::load(vt + e * L), dpv);
-          float s[L], dp[L];
-          Vec::store(s, sv);
-          Vec::store(dp, dpv);
-          for (int64_t c = 0; c < nk; ++c) {
-            const int64_t n = n0 + c, j = keys[n];
-            if (j < 0 || (w != nullptr && w[n / bs] <= 0.0f)) continue;
-            const float en = std::exp(p.scale * s[c] - lse[g]);
-            const float pn = (w ? w[n / bs] : 1.0f) * en;
-            if (gr.maybe_dweights != nullptr)
-              gr.maybe_dweights[p.list_row(row) * K + n / bs] += en * (dp[c] - di[g]);
-            const float ds = p.scale * pn * (dp[c] - di[g]);
-            // dq += scale dS k ; dk += scale dS q ; dv += p dO
-            const typename Vec::reg vds = Vec::set1(ds), vp = Vec::set1(pn);
-            const float* kd = kblock + c * d_pad;
-            float* dqg = dqrow + g * d_pad;
-            int64_t d = 0;
-            for (; d + L <= D; d += L) {
-              Vec::store(dqg + d, Vec::fma(vds, Vec::load(kd + d), Vec::load(dqg + d)));
-              Vec::store(dk_base + j * D + d,
-                         Vec::fma(vds, Vec::load(qg + d), Vec::load(dk_base + j * D + d)));
-            }
-            for (; d < D; ++d) {
-              dqg[d] += ds * kd[d];
-              dk_base[j * D + d] += ds * qg[d];
-            }
-            int64_t e = 0;
-            for (; e + L <= Dv; e += L) {
-              Vec::store(dv_base + j * Dv + e,
-                         Vec::fma(vp, Vec::load(dog + e), Vec::load(dv_base + j * Dv + e)));
-            }
-            for (; e < Dv; ++e) dv_base[j * Dv + e] += pn * dog[e];
-          }
+            sum += dorows[r * dv_pad + e] * flash::load_elem(p.out, p.dtype, out_row * Dv + e);
+          di[r] = sum;
+          fill_floats(dqrows + r * d_pad, dqrows + (r + 1) * d_pad, 0.0f);
         }
       }
-      for (int64_t g = 0; g < G; ++g) {
-        float* dst = gr.dq + ((b * Hq + hkv * G + g) * Tq + i) * D;
-        for (int64_t d = 0; d < D; ++d) dst[d] = dqrow[g * d_pad + d];
+      const int64_t first_row = p.list_row((b * Hkv + hkv) * Tq + i0);
+      if (first_row != bucketed) {
+        bucket_lists(p, first_row, i0, nq, chunk_shift, num_chunks, ksorted,
+                     p.maybe_weights ? wsorted : nullptr, esorted, starts);
+        bucketed = first_row;
+      }
+
+      for (int64_t chunk = 0; chunk < num_chunks; ++chunk) {
+        for (int64_t qi = 0; qi < nq; ++qi) {
+          const int64_t* st = starts + qi * (num_chunks + 1);
+          const int64_t n_seg = st[chunk + 1] - st[chunk];
+          if (n_seg == 0) continue;
+          const int32_t* keys = ksorted + qi * K + st[chunk];
+          const float* wk = p.maybe_weights ? wsorted + qi * K + st[chunk] : nullptr;
+          const float* qq = qrows + qi * G * d_pad;
+          const float* doq = dorows + qi * G * dv_pad;
+          // s = scale q . k and dP = dO . v, for the G heads
+          dot_rows(qq, G, krows, keys, n_seg, p.scale, s, K + L, block, zero_row);
+          dot_rows(doq, G, vrows, keys, n_seg, 1.0f, dp, K + L, block, zero_row);
+          // s <- p = w e, dp <- scale dS = scale p (dP - Di), e = exp(s - lse); a row without
+          // an lse (no usable key) has p = 0.
+          for (int64_t g = 0; g < G; ++g) {
+            const int64_t r = qi * G + g;
+            float* sg = s + g * (K + L);
+            float* dpg = dp + g * (K + L);
+            if (lse[r] == kNegInf) {
+              fill_floats(sg, sg + n_seg, 0.0f);
+              fill_floats(dpg, dpg + n_seg, 0.0f);
+              continue;
+            }
+            const typename Vec::reg vlse = Vec::set1(lse[r]), vdi = Vec::set1(di[r]);
+            const typename Vec::reg vscale = Vec::set1(p.scale);
+            for (int64_t n = 0; n < n_seg; n += L) {
+              const typename Vec::reg e = Vec::exp(Vec::sub(Vec::load(sg + n), vlse));
+              const typename Vec::reg dt = Vec::sub(Vec::load(dpg + n), vdi);
+              if (need_entries) {  // dw[entry] += e (dP - Di), summed over the heads
+                alignas(64) float ed[L];
+                Vec::store(ed, Vec::mul(e, dt));
+                float* dw = gr.maybe_dweights + (first_row + qi) * E;
+                const int32_t* ent = esorted + qi * K + st[chunk] + n;
+                for (int64_t c = 0; c < std::min<int64_t>(L, n_seg - n); ++c) dw[ent[c]] += ed[c];
+              }
+              const typename Vec::reg pw = wk ? Vec::mul(e, Vec::load(wk + n)) : e;
+              Vec::store(sg + n, pw);
+              Vec::store(dpg + n, Vec::mul(vscale, Vec::mul(pw, dt)));
+            }
+          }
+          // dq_g += scale dS k ; dk += scale dS q ; dv += p dO
+          accumulate_rows(krows, keys, n_seg, G, dp, K + L, dqrows + qi * G * d_pad, d_pad,
+                          row_scratch);
+          scatter_add_rows(dk_base, d_pad, keys, n_seg, G, dp, K + L, qq, d_pad);
+          scatter_add_rows(dv_base, dv_pad, keys, n_seg, G, s, K + L, doq, dv_pad);
+        }
+      }
+
+      for (int64_t qi = 0; qi < nq; ++qi) {
+        for (int64_t g = 0; g < G; ++g) {
+          const float* src = dqrows + (qi * G + g) * d_pad;
+          float* dst = gr.dq + ((b * Hq + hkv * G + g) * Tq + i0 + qi) * D;
+          for (int64_t d = 0; d < D; ++d) dst[d] = src[d];
+        }
       }
     }
   });
 
-  // dK, dV = sum of the per-thread copies.
-  const int64_t nk = B * Hkv * Tkv * D, nv = B * Hkv * Tkv * Dv;
-  at::parallel_for(0, nk + nv, 4096, [&](int64_t begin, int64_t end) {
-    for (int64_t n = begin; n < end; ++n) {
-      float sum = 0.0f;
-      for (int t = 0; t < num_threads; ++t) sum += slab[per_thread * t + f_rows + f_blocks + n];
-      if (n < nk) {
-        gr.dk[n] = sum;
-      } else {
-        gr.dv[n - nk] = sum;
+  // dK, dV = the sums of the per-thread copies (rows padded to d_pad / dv_pad).
+  const int64_t n_rows = B * Hkv * Tkv;
+  at::parallel_for(0, n_rows, 256, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      for (int64_t d = 0; d < D; ++d) {
+        float sum = 0.0f;
+        for (int t = 0; t < num_threads; ++t) sum += slab[per_thread * t + f_rows + r * d_pad + d];
+        gr.dk[r * D + d] = sum;
+      }
+      for (int64_t e = 0; e < Dv; ++e) {
+        float sum = 0.0f;
+        for (int t = 0; t < num_threads; ++t)
+          sum += slab[per_thread * t + f_rows + n_rows * d_pad + r * dv_pad + e];
+        gr.dv[r * Dv + e] = sum;
       }
     }
   });
