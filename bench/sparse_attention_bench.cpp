@@ -13,6 +13,7 @@
 //
 //   build/bench/sparse_attention_bench [--seqs 4096,16384,32768] [--reps 3] [--ref-max 4096]
 //   build/bench/sparse_attention_bench --kernels 16384 --reps 5   # index_topk, gather alone
+//                                                                 (forward; fwd+bwd vs dense)
 
 #include <attnkit/attnkit.h>
 
@@ -185,6 +186,28 @@ int run_kernels(int64_t T, int reps) {
       std::printf("gather top %-5lld     %8.3f s  %6.1f GFLOP/s\n", static_cast<long long>(top_k),
                   s, flops / s / 1e9);
     }
+  }
+  {  // Training step of DeepSeek's attention: forward + backward, against dense causal attention
+    torch::Tensor k = torch::randn({1, kHeads, T, kHeadDim}), v = torch::randn_like(k);
+    torch::Tensor qg = q.clone().requires_grad_(true);
+    torch::Tensor kg = k.requires_grad_(true), vg = v.requires_grad_(true);
+    torch::Tensor dout = torch::randn_like(q);
+    torch::autograd::GradMode::set_enabled(true);
+    const double dense = median_seconds(
+        [&] {
+          dot_product_attention(qg, kg, vg, attnkit::DotProductAttentionOptions().causal(true))
+              .output.backward(dout);
+        },
+        reps);
+    std::printf("dense causal fwd+bwd   %8.3f s\n", dense);
+    for (int64_t top_k : {256, 2048}) {
+      torch::Tensor idx = random_causal_lists(T, top_k);
+      const double s =
+          median_seconds([&] { gather_attention(qg, kg, vg, idx).output.backward(dout); }, reps);
+      std::printf("gather top %-5lld fwd+bwd %7.3f s  dense/gather %5.2f\n",
+                  static_cast<long long>(top_k), s, dense / s);
+    }
+    torch::autograd::GradMode::set_enabled(false);
   }
   {  // MiniMax's attention: 2 kv groups, 16 random visible blocks of 128 + the current block
     const int64_t bs = 128, nb = (T + bs - 1) / bs;
