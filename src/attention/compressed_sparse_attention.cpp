@@ -209,15 +209,21 @@ CompressedSparseOutput CompressedSparseAttentionImpl::run(const torch::Tensor& x
       torch::NoGradGuard no_grad;
       torch::Tensor index_keys = detail::cache_rows(state, "index_keys", idx_k(pooled));
       auto qw = indexer_queries();
-      // The fused indexer over the entries, with their visibility as the mask ([1 or B, T, nb]
-      // bool: O(T nb) bytes, no scores).
+      // The fused indexer over the entries. Their visibility is a prefix per query (the
+      // entries complete before it: floor(position / r) of them, O(T) bytes), or with an
+      // attn_mask a bool mask [1 or B, T, nb]; no scores either way.
       // No complete entry yet (k = 0): empty lists.
-      entry_indices = k == 0
-                          ? torch::empty({B, T, 0}, x.options().dtype(torch::kLong))
-                          : functional::index_topk(
-                                qw.first.unsqueeze(1), index_keys, qw.second.unsqueeze(1),
-                                functional::IndexTopkOptions().top_k(k).mask(visibility(0, T, nb)))
-                                .squeeze(1);
+      auto select = functional::IndexTopkOptions().top_k(k);
+      if (entry_mask.defined()) {
+        select.mask(visibility(0, T, nb));
+      } else {
+        select.key_limit(
+            torch::arange(offset, offset + T, x.options().dtype(torch::kLong)).div(r, "floor"));
+      }
+      entry_indices = k == 0 ? torch::empty({B, T, 0}, x.options().dtype(torch::kLong))
+                             : functional::index_topk(qw.first.unsqueeze(1), index_keys,
+                                                      qw.second.unsqueeze(1), select)
+                                   .squeeze(1);
     }
     CompressedSparseOutput out;
     out.output = proj(detail::shared_kv_gather_attention(spec, q, entries, entry_indices, window,

@@ -46,6 +46,14 @@ void check_index_inputs(const char* fn,
                 ": expected a bool mask of shape [Tq, Tk] or [B, Tq, Tk] = [", q.size(0), ", ", Tq,
                 ", ", Tk, "], got ", m.scalar_type(), " ", m.sizes());
   }
+  const torch::Tensor& lim = o.key_limit();
+  if (lim.defined()) {
+    TORCH_CHECK(lim.dim() == 1 && lim.size(0) == q.size(2) && lim.scalar_type() == torch::kLong, fn,
+                ": expected an int64 key_limit of shape [Tq] = [", q.size(2), "], got ",
+                lim.scalar_type(), " ", lim.sizes());
+    TORCH_CHECK(lim.device() == q.device(), fn, ": expected key_limit on ", q.device(), ", got ",
+                lim.device());
+  }
 }
 
 // Keys visible to each query: [B or 1, Tq, Tk] bool, or undefined when every key is.
@@ -58,6 +66,12 @@ torch::Tensor visible_keys(int64_t Tq, int64_t Tk, const IndexTopkOptions& o) {
   if (o.mask().defined()) {
     torch::Tensor m = o.mask().dim() == 2 ? o.mask().unsqueeze(0) : o.mask();
     visible = visible.defined() ? visible & m : m;
+  }
+  if (o.key_limit().defined()) {
+    torch::Tensor prefix =
+        (torch::arange(Tk, o.key_limit().options()).view({1, Tk}) < o.key_limit().view({Tq, 1}))
+            .unsqueeze(0);
+    visible = visible.defined() ? visible & prefix : prefix;
   }
   return visible;
 }
@@ -137,6 +151,11 @@ torch::Tensor index_topk(const torch::Tensor& q,
     p.maybe_keep = reinterpret_cast<const uint8_t*>(keep.data_ptr<bool>());
     p.keep_stride_b = keep.stride(0), p.keep_stride_q = keep.stride(1);
     p.keep_stride_k = keep.stride(2);
+  }
+  torch::Tensor key_limit;
+  if (o.key_limit().defined()) {
+    key_limit = o.key_limit().contiguous();
+    p.maybe_key_limit = key_limit.data_ptr<int64_t>();
   }
   p.scale = static_cast<float>(o.scale());
   p.relu = o.relu();

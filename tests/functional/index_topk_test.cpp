@@ -156,6 +156,29 @@ TEST(IndexTopk, ErrorsNameArgumentAndValues) {
   ATTNKIT_EXPECT_ERROR(
       index_topk(in.q, in.k, {}, IndexTopkOptions().mask(torch::ones({5, 4}, torch::kBool))),
       ::testing::HasSubstr("expected a bool mask of shape [Tq, Tk] or [B, Tq, Tk]"));
+  ATTNKIT_EXPECT_ERROR(
+      index_topk(in.q, in.k, {}, IndexTopkOptions().key_limit(torch::ones({4}, torch::kLong))),
+      ::testing::HasSubstr(
+          "index_topk: expected an int64 key_limit of shape [Tq] = [5], got Long [4]"));
+  ATTNKIT_EXPECT_ERROR(
+      index_topk(in.q, in.k, {}, IndexTopkOptions().key_limit(torch::ones({5}))),
+      ::testing::HasSubstr("expected an int64 key_limit of shape [Tq] = [5], got Float [5]"));
+}
+
+// A visible prefix per query (key_limit), not growing with the query and out of range at
+// places, alone and with causal, a mask and blocks, on the heap and the radix paths.
+TEST(IndexTopk, KeyLimitMatchesReference) {
+  IndexInputs in = make(2, 1, 60, 4, 16, 90);
+  torch::manual_seed(3);
+  torch::Tensor limit = torch::randint(-3, 100, {60}, torch::kLong);
+  torch::Tensor mask = torch::rand({60, 90}) < 0.8;
+  for (int64_t top_k : {5, 64}) {
+    expect_matches_reference(in, true, IndexTopkOptions().top_k(top_k).key_limit(limit));
+    expect_matches_reference(
+        in, true, IndexTopkOptions().top_k(top_k).key_limit(limit).causal(true).mask(mask));
+    expect_matches_reference(in, true,
+                             IndexTopkOptions().top_k(top_k).key_limit(limit).block_size(8));
+  }
 }
 
 }  // namespace

@@ -25,6 +25,10 @@ struct IndexTopkOptions {
   TORCH_ARG(int64_t, block_size) = 1;
   /// Boolean keep mask [Tq, Tk] or [B or 1, Tq, Tk] (true = may be scored). Default: undefined
   TORCH_ARG(torch::Tensor, mask) = {};
+  /// int64 [Tq]: query i scores keys j < key_limit[i] only, a visible prefix per query in O(Tq)
+  /// memory (e.g. compressed entries complete before the query). Combines with causal and
+  /// mask. Default: undefined
+  TORCH_ARG(torch::Tensor, key_limit) = {};
 };
 
 /// For every query row, the top_k units by index score, as unit positions in ascending order

@@ -129,7 +129,8 @@ static void index_topk_impl(const IndexTopkParams& p) {
       std::fill(qs + rows * D, qs + rows_pad * D, 0.0f);
 
       const float* kt_b = kt_all.data() + b * D * tk_pad;  // tile j0 / kTileK at kt_b + j0 * D
-      const int64_t hi = causal_limit(p, i0 + nq - 1);
+      int64_t hi = 0;  // the block's last scored key (a key limit need not grow with i)
+      for (int64_t ii = 0; ii < nq; ++ii) hi = std::max(hi, causal_limit(p, i0 + ii));
       for (int64_t j0 = 0; j0 < hi; j0 += kTileK) {
         const int64_t width = std::min(kTileK, hi - j0);
         if (!fused_combine) {

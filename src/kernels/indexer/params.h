@@ -30,6 +30,8 @@ struct IndexTopkParams {
   // keep: [B, Tq, Tk] uint8 (1 = may be scored), stride 0 on a broadcast batch; null = all
   const uint8_t* maybe_keep = nullptr;
   int64_t keep_stride_b = 0, keep_stride_q = 0, keep_stride_k = 1;
+  // key_limit: [Tq] int64; query i scores keys j < key_limit[i] only; null = no limit
+  const int64_t* maybe_key_limit = nullptr;
   float scale = 1.0f;
   bool relu = true;
   bool causal = false;

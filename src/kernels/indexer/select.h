@@ -286,10 +286,12 @@ static void radix_top_k(
 // top-16 (0.31 against 0.37 s), even at top-32, and slower at top-64 (0.40 against 0.33 s).
 constexpr int64_t kRadixMinTopK = 48;
 
-// Keys [0, hi) of row i may be scored under the causal rule.
+// Keys [0, hi) of row i may be scored under the causal rule and the key limit.
 static inline int64_t causal_limit(const IndexTopkParams& p, int64_t i) {
-  if (!p.causal) return p.seq_len_kv;
-  return std::max<int64_t>(0, std::min(p.seq_len_kv, i + (p.seq_len_kv - p.seq_len_q) + 1));
+  int64_t hi = p.seq_len_kv;
+  if (p.causal) hi = std::max<int64_t>(0, std::min(hi, i + (p.seq_len_kv - p.seq_len_q) + 1));
+  if (p.maybe_key_limit != nullptr) hi = std::max<int64_t>(0, std::min(hi, p.maybe_key_limit[i]));
+  return hi;
 }
 
 static inline float load_value(const void* base, IndexDtype dtype, int64_t off) {
