@@ -162,8 +162,12 @@ DeepSeekSparseOutput DeepSeekSparseAttentionImpl::run(const torch::Tensor& x,
   if (gather) {
     // The fused indexer scores every visible key and keeps the top K per query without a
     // [T, Tk] score matrix; its one list per query is shared by all heads (kv head h serves
-    // query head h). The selection is not differentiable.
-    auto select = functional::IndexTopkOptions().top_k(K).causal(o.causal()).relu(true);
+    // query head h). The selection is not differentiable. int32 lists: half the memory.
+    auto select = functional::IndexTopkOptions()
+                      .top_k(K)
+                      .causal(o.causal())
+                      .relu(true)
+                      .index_dtype(torch::kInt);
     if (attn.mask().defined()) select.mask(attn.mask().squeeze(1));
     torch::Tensor selected_indices = functional::index_topk(
         index_qw.first.unsqueeze(1), index_k, index_qw.second.unsqueeze(1), select);  // [B,1,T,K]
@@ -175,7 +179,8 @@ DeepSeekSparseOutput DeepSeekSparseAttentionImpl::run(const torch::Tensor& x,
     const int64_t R = o.causal() && !attn.mask().defined() && !state ? std::min(T, K + K / 2) : 0;
     torch::Tensor heads = torch::empty({B, T, H, hd}, q.options());  // [B, T, H, hd]
     if (R > 0) {
-      torch::Tensor lists = selected_indices.narrow(2, 0, R).squeeze(1);  // [B, R, K]
+      torch::Tensor lists =
+          selected_indices.narrow(2, 0, R).squeeze(1).to(torch::kLong);  // [B, R, K]
       torch::Tensor keep = torch::zeros({B, R, R + 1}, x.options().dtype(torch::kBool));
       keep.scatter_(2, lists.masked_fill(lists < 0, R), true);  // -1 -> a spare column
       auto opts = DotProductAttentionOptions().mask(keep.narrow(2, 0, R).unsqueeze(1));

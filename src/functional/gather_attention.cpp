@@ -59,6 +59,11 @@ void check_gather_inputs(const char* fn,
   }
 }
 
+// The kernels read int32 lists as they are and other integer types as int64.
+torch::Tensor kernel_indices(const torch::Tensor& indices) {
+  return indices.scalar_type() == torch::kInt ? indices : indices.to(torch::kLong);
+}
+
 struct Prepared {
   GatherParams params;
   torch::Tensor indices, weights, sinks;
@@ -93,8 +98,12 @@ Prepared prepare(const torch::Tensor& q,
   const int64_t Hkv = k.size(1);
   p.shared_lists = indices.size(1) == 1 && !weights.defined();
   const int64_t lists = p.shared_lists ? 1 : Hkv;
-  prep.indices = indices.to(torch::kLong).expand({-1, lists, -1, -1}).contiguous();
-  p.indices = prep.indices.data_ptr<int64_t>();
+  prep.indices = kernel_indices(indices).expand({-1, lists, -1, -1}).contiguous();
+  if (prep.indices.scalar_type() == torch::kInt) {
+    p.indices32 = prep.indices.data_ptr<int32_t>();
+  } else {
+    p.indices = prep.indices.data_ptr<int64_t>();
+  }
   if (weights.defined()) {
     prep.weights = weights.detach().to(torch::kFloat).expand({-1, Hkv, -1, -1}).contiguous();
     p.maybe_weights = prep.weights.data_ptr<float>();
@@ -276,7 +285,7 @@ GatherAttentionResult gather_attention(const torch::Tensor& q,
   auto config = c10::make_intrusive<GatherConfig>();
   config->options = o;
   config->options.sinks(torch::Tensor());  // travels as an input, so autograd tracks it
-  config->indices = indices.to(torch::kLong).contiguous();
+  config->indices = kernel_indices(indices).contiguous();
   // Function::apply cannot take an undefined tensor (LibTorch 1.13): empty placeholders.
   torch::Tensor w = weights.defined() ? weights : torch::empty({0});
   torch::Tensor sinks = o.sinks().defined() ? o.sinks() : torch::empty({0});

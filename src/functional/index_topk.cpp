@@ -36,6 +36,8 @@ void check_index_inputs(const char* fn,
   }
   TORCH_CHECK(o.top_k() > 0, fn, ": top_k must be positive, got ", o.top_k());
   TORCH_CHECK(o.block_size() > 0, fn, ": block_size must be positive, got ", o.block_size());
+  TORCH_CHECK(o.index_dtype() == torch::kLong || o.index_dtype() == torch::kInt, fn,
+              ": index_dtype must be Long or Int, got ", o.index_dtype());
   const torch::Tensor& m = o.mask();
   if (m.defined()) {
     const int64_t Tq = q.size(2), Tk = k.size(1);
@@ -112,7 +114,7 @@ torch::Tensor index_topk_reference(const torch::Tensor& q,
   torch::Tensor ascending = std::get<0>(torch::sort(top.masked_fill(used.logical_not(), U), -1));
   top = ascending.masked_fill(ascending == U, -1);
   if (Kc < K) top = torch::constant_pad_nd(top, {0, K - Kc}, -1);
-  return top;
+  return top.to(o.index_dtype());
 }
 
 torch::Tensor index_topk(const torch::Tensor& q,
@@ -124,7 +126,7 @@ torch::Tensor index_topk(const torch::Tensor& q,
                      (q.scalar_type() == torch::kFloat || q.scalar_type() == torch::kBFloat16);
   if (!fused) return index_topk_reference(q, k, w, o);
   const int64_t B = q.size(0), G = q.size(1), Tq = q.size(2), Tk = k.size(1);
-  torch::Tensor out = torch::full({B, G, Tq, o.top_k()}, -1, q.options().dtype(torch::kLong));
+  torch::Tensor out = torch::full({B, G, Tq, o.top_k()}, -1, q.options().dtype(o.index_dtype()));
   if (out.numel() == 0 || Tk == 0) return out;
 
   kernels::indexer::IndexTopkParams p;
@@ -160,7 +162,11 @@ torch::Tensor index_topk(const torch::Tensor& q,
   p.scale = static_cast<float>(o.scale());
   p.relu = o.relu();
   p.causal = o.causal();
-  p.out = out.data_ptr<int64_t>();
+  if (o.index_dtype() == torch::kInt) {
+    p.out32 = out.data_ptr<int32_t>();
+  } else {
+    p.out = out.data_ptr<int64_t>();
+  }
   torch::NoGradGuard no_grad;
   kernels::indexer::index_topk(p);
   return out;

@@ -129,6 +129,31 @@ TEST(GatherAttention, GradientsOverManyChunksMatchReference) {
   }
 }
 
+// int32 lists are read as they are: the same output, lse and gradients as int64 ones, per kv
+// head and shared, token and block lists.
+TEST(GatherAttention, Int32IndicesEqualInt64) {
+  GatherInputs in = make(1, 4, 2, 40, 600, 32, 16, 60, torch::kFloat);
+  torch::Tensor dout = torch::randn({1, 4, 40, 16});
+  for (const char* isa : testing::isa_paths()) {
+    SCOPED_TRACE(isa);
+    testing::EnvGuard guard("ATTNKIT_CPU_CAPABILITY", isa);
+    for (torch::Tensor idx : {in.idx, in.idx.narrow(1, 0, 1)}) {
+      auto fwd = [&](const torch::Tensor& i) { return gather_attention(in.q, in.k, in.v, i); };
+      auto wide = fwd(idx), narrow = fwd(idx.to(torch::kInt));
+      EXPECT_TRUE(torch::equal(wide.output, narrow.output));
+      EXPECT_TRUE(torch::equal(wide.lse, narrow.lse));
+      auto g_wide = gather_grads(true, in, idx, {}, dout);
+      auto g_narrow = gather_grads(true, in, idx.to(torch::kInt), {}, dout);
+      for (size_t n = 0; n < g_wide.size(); ++n) EXPECT_TRUE(torch::equal(g_wide[n], g_narrow[n]));
+    }
+    auto opts = GatherAttentionOptions().block_size(16).causal(true);
+    torch::Tensor blocks = in.idx.div(16, "floor");
+    EXPECT_TRUE(
+        torch::equal(gather_attention(in.q, in.k, in.v, blocks, {}, opts).output,
+                     gather_attention(in.q, in.k, in.v, blocks.to(torch::kInt), {}, opts).output));
+  }
+}
+
 // One list per query shared by the kv heads ([B, 1, Tq, K]) equals that list repeated per head,
 // forward and backward, with and without weights (whose gradient sums over the heads).
 TEST(GatherAttention, SharedListsEqualListsRepeatedPerHead) {

@@ -165,6 +165,23 @@ TEST(IndexTopk, ErrorsNameArgumentAndValues) {
       ::testing::HasSubstr("expected an int64 key_limit of shape [Tq] = [5], got Float [5]"));
 }
 
+// index_dtype(kInt) gives the int64 selection as int32, on the heap, radix and block paths.
+TEST(IndexTopk, Int32OutputEqualsInt64) {
+  IndexInputs in = make(2, 2, 50, 4, 16, 70);
+  for (const char* isa : testing::isa_paths()) {
+    SCOPED_TRACE(isa);
+    testing::EnvGuard guard("ATTNKIT_CPU_CAPABILITY", isa);
+    for (auto o : {IndexTopkOptions().top_k(5).causal(true), IndexTopkOptions().top_k(64),
+                   IndexTopkOptions().top_k(3).block_size(8)}) {
+      torch::Tensor wide = index_topk(in.q, in.k, in.w, o);
+      torch::Tensor narrow = index_topk(in.q, in.k, in.w, o.index_dtype(torch::kInt));
+      EXPECT_EQ(narrow.scalar_type(), torch::kInt);
+      EXPECT_TRUE(torch::equal(narrow.to(torch::kLong), wide));
+      EXPECT_TRUE(torch::equal(index_topk_reference(in.q, in.k, in.w, o), narrow));
+    }
+  }
+}
+
 // A visible prefix per query (key_limit), not growing with the query and out of range at
 // places, alone and with causal, a mask and blocks, on the heap and the radix paths.
 TEST(IndexTopk, KeyLimitMatchesReference) {

@@ -44,7 +44,9 @@ struct GatherAttentionResult {
 ///   q: [B, Hq, Tq, D], k: [B, Hkv, Tk, D], v: [B, Hkv, Tk, Dv],
 ///   indices: [B, Hkv, Tq, K] integer key positions (-1 = unused slot; block ids with
 ///            options.block_size > 1), or [B, 1, Tq, K]: one list per query shared by every kv
-///            head (read in place, never copied per head),
+///            head (read in place, never copied per head). int32 lists (index_topk's
+///            index_dtype(torch::kInt)) are read as they are, other integer types as int64,
+
 ///   weights: the shape of indices, non-negative, optional -> output [B, Hq, Tq, Dv]
 /// fp32 and bf16 run the fused kernels (ATTNKIT_BACKEND=reference forces the composition of
 /// torch ops); fp64 runs the composition.

@@ -29,6 +29,9 @@ struct IndexTopkOptions {
   /// memory (e.g. compressed entries complete before the query). Combines with causal and
   /// mask. Default: undefined
   TORCH_ARG(torch::Tensor, key_limit) = {};
+  /// The output's dtype: torch::kLong, or torch::kInt for half the memory (gather_attention
+  /// reads either). Default: torch::kLong
+  TORCH_ARG(torch::Dtype, index_dtype) = torch::kLong;
 };
 
 /// For every query row, the top_k units by index score, as unit positions in ascending order
@@ -37,7 +40,7 @@ struct IndexTopkOptions {
 /// selects. Not differentiable (the selection is discrete).
 ///   score(i, j) = sum_h w[i, h] act(scale q[i, h] . k[j]),  act = ReLU or identity
 ///   q: [B, G, Tq, Hi, Di] (G independent query groups, Hi heads summed), k: [B, Tk, Di] shared,
-///   w: [B, G, Tq, Hi] or undefined (all ones) -> int64 [B, G, Tq, top_k]
+///   w: [B, G, Tq, Hi] or undefined (all ones) -> int64 (or index_dtype) [B, G, Tq, top_k]
 /// Runs a fused kernel (fp32 compute, scores kept in cache, a heap per row) for fp32 and bf16 on
 /// the CPU; other inputs and ATTNKIT_BACKEND=reference run `index_topk_reference`.
 /// Example (DeepSeek's lightning indexer, one group):

@@ -328,13 +328,14 @@ static void bucket_lists(const GatherParams& p,
                          int64_t* starts) {
   const int64_t K = p.slots(), E = p.num_keys, bs = p.block_size;
   for (int64_t qi = 0; qi < nq; ++qi) {
-    const int64_t* idx = p.indices + (first_row + qi) * E;
+    const int64_t row = first_row + qi;
     const float* w = p.maybe_weights ? p.maybe_weights + (first_row + qi) * E : nullptr;
     const int64_t key_end = p.key_end(i0 + qi);
     // The keys [lo, hi) of entry n: its block, cut at the row's end; empty when unused.
     auto range = [&](int64_t n, int64_t& lo, int64_t& hi) {
-      lo = idx[n] * bs;
-      hi = idx[n] < 0 || (w != nullptr && w[n] <= 0.0f) ? lo : std::min(lo + bs, key_end);
+      const int64_t entry = p.index(row, n);
+      lo = entry * bs;
+      hi = entry < 0 || (w != nullptr && w[n] <= 0.0f) ? lo : std::min(lo + bs, key_end);
     };
     int64_t* st = starts + qi * (num_chunks + 1);
     std::fill(st, st + num_chunks + 1, int64_t{0});

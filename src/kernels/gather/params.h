@@ -28,8 +28,9 @@ struct GatherParams {
   int64_t v_stride_b = 0, v_stride_h = 0, v_stride_t = 0, v_stride_d = 1;
   void* out = nullptr;   // contiguous
   float* lse = nullptr;  // [B, Hq, Tq] contiguous
-  // indices: [B, Hkv, Tq, K] int64 contiguous, -1 = unused
+  // indices: [B, Hkv, Tq, K] int64 (indices) or int32 (indices32) contiguous, -1 = unused
   const int64_t* indices = nullptr;
+  const int32_t* indices32 = nullptr;
   // weights: [B, Hkv, Tq, K] fp32 contiguous, multiplies key j's softmax numerator
   const float* maybe_weights = nullptr;
   // sinks: [Hq] fp32 logits (natural log, unscaled), folded into every row's denominator; the
@@ -49,13 +50,19 @@ struct GatherParams {
   int64_t key_end(int64_t i) const {
     return causal ? std::min(seq_len_kv, i + seq_len_kv - seq_len_q + 1) : seq_len_kv;
   }
-  /// keys[n] = the key of slot n of query i's list `idx`, or -1 (unused, past Tkv, future).
-  void row_keys(const int64_t* idx, int64_t i, int64_t* keys) const {
+  /// Entry e of list row `row`.
+  int64_t index(int64_t row, int64_t e) const {
+    return indices32 != nullptr ? indices32[row * num_keys + e] : indices[row * num_keys + e];
+  }
+  /// keys[n] = the key of slot n of query i's list (list row `row`), or -1 (unused, past Tkv,
+  /// future).
+  void row_keys(int64_t row, int64_t i, int64_t* keys) const {
     const int64_t end = key_end(i);
     for (int64_t e = 0; e < num_keys; ++e) {
+      const int64_t entry = index(row, e);
       for (int64_t c = 0; c < block_size; ++c) {
-        const int64_t j = idx[e] * block_size + c;
-        keys[e * block_size + c] = idx[e] >= 0 && j < end ? j : -1;
+        const int64_t j = entry * block_size + c;
+        keys[e * block_size + c] = entry >= 0 && j < end ? j : -1;
       }
     }
   }

@@ -28,7 +28,7 @@ void row_scores(const GatherParams& p, int64_t b, int64_t h, int64_t i, int64_t*
   const int64_t G = p.num_heads_q / p.num_heads_kv, hkv = h / G, K = p.num_keys;
   const int64_t row = p.list_row((b * p.num_heads_kv + hkv) * p.seq_len_q + i);
   const float* w = p.maybe_weights ? p.maybe_weights + row * K : nullptr;
-  p.row_keys(p.indices + row * K, i, keys);
+  p.row_keys(row, i, keys);
   const int64_t q_off = b * p.q_stride_b + h * p.q_stride_h + i * p.q_stride_t;
   for (int64_t n = 0; n < p.slots(); ++n) {
     if (keys[n] < 0 || (w != nullptr && w[n / p.block_size] <= 0.0f)) {

@@ -91,6 +91,7 @@ static void index_topk_impl(const IndexTopkParams& p) {
   const int num_threads = at::get_num_threads();
   std::vector<float> slab(static_cast<size_t>(floats * num_threads));
   std::vector<uint64_t> heap_keys(static_cast<size_t>(radix ? 0 : rows_q * K * num_threads));
+  std::vector<int64_t> out_scratch(static_cast<size_t>(p.out32 != nullptr ? K * num_threads : 0));
 
   at::parallel_for(0, B * G * num_q_blocks, 1, [&](int64_t begin, int64_t end) {
     const int tid = at::get_thread_num();
@@ -195,13 +196,15 @@ static void index_topk_impl(const IndexTopkParams& p) {
         }
       }
       for (int64_t ii = 0; ii < nq; ++ii) {
-        int64_t* out = p.out + ((b * G + g) * Tq + i0 + ii) * K;
+        const int64_t row = (b * G + g) * Tq + i0 + ii;
+        int64_t* out = p.row_out(row, out_scratch.data() + tid * K);
         if (radix) {
           radix_top_k(rows_or_heaps + ii * tk_pad, causal_limit(p, i0 + ii), K, K,
                       reinterpret_cast<uint32_t*>(rows_or_heaps + rows_q * tk_pad), out);
         } else {
           heaps[ii].write(out, K);
         }
+        p.finish_row(row, out);
       }
     }
   });

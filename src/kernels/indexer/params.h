@@ -35,8 +35,19 @@ struct IndexTopkParams {
   float scale = 1.0f;
   bool relu = true;
   bool causal = false;
-  // out: [B, G, Tq, K] int64 contiguous: unit ids ascending, -1 in unused slots.
+  // out: [B, G, Tq, K] int64 contiguous, or out32 int32: unit ids ascending, -1 in unused slots.
   int64_t* out = nullptr;
+  int32_t* out32 = nullptr;
+
+  /// Where row `row` of the output goes: straight into out, or into `scratch` (K int64) when
+  /// the output is int32 (finish_row narrows it).
+  int64_t* row_out(int64_t row, int64_t* scratch) const {
+    return out32 != nullptr ? scratch : out + row * top_k;
+  }
+  void finish_row(int64_t row, const int64_t* written) const {
+    if (out32 == nullptr) return;
+    for (int64_t n = 0; n < top_k; ++n) out32[row * top_k + n] = static_cast<int32_t>(written[n]);
+  }
 };
 
 /// Entry point: the ISA path of flash::selected_capability() (dispatch.cpp).

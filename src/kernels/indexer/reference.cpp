@@ -19,6 +19,7 @@ void index_topk_reference(const IndexTopkParams& p) {
     std::vector<float> scores(static_cast<size_t>(p.seq_len_kv));
     std::vector<uint64_t> heap_keys(K);
     std::vector<uint32_t> candidates(static_cast<size_t>(p.seq_len_kv));
+    std::vector<int64_t> out_scratch(static_cast<size_t>(K));
     RowTopK heap;
     heap.key = heap_keys.data(), heap.cap = K;
     for (int64_t row = begin; row < end; ++row) {
@@ -46,13 +47,15 @@ void index_topk_reference(const IndexTopkParams& p) {
             p.maybe_keep[b * p.keep_stride_b + i * p.keep_stride_q + j * p.keep_stride_k] != 0;
         scores[j] = keep ? total : kNegInf;
       }
+      int64_t* out = p.row_out(row, out_scratch.data());
       if (p.block_size == 1 && K >= kRadixMinTopK) {
-        radix_top_k(scores.data(), hi, K, K, candidates.data(), p.out + row * K);
+        radix_top_k(scores.data(), hi, K, K, candidates.data(), out);
       } else {
         heap.reset();
         heap.offer(scores.data(), hi, 0, p.block_size);
-        heap.write(p.out + row * K, K);
+        heap.write(out, K);
       }
+      p.finish_row(row, out);
     }
   });
 }
