@@ -161,6 +161,9 @@ TEST(IndexTopk, ErrorsNameArgumentAndValues) {
       ::testing::HasSubstr(
           "index_topk: expected an int64 key_limit of shape [Tq] = [5], got Long [4]"));
   ATTNKIT_EXPECT_ERROR(
+      index_topk(in.q, in.k, {}, IndexTopkOptions().index_dtype(torch::kFloat)),
+      ::testing::HasSubstr("index_topk: index_dtype must be Long or Int, got Float"));
+  ATTNKIT_EXPECT_ERROR(
       index_topk(in.q, in.k, {}, IndexTopkOptions().key_limit(torch::ones({5}))),
       ::testing::HasSubstr("expected an int64 key_limit of shape [Tq] = [5], got Float [5]"));
 }

@@ -329,7 +329,7 @@ static void bucket_lists(const GatherParams& p,
   const int64_t K = p.slots(), E = p.num_keys, bs = p.block_size;
   for (int64_t qi = 0; qi < nq; ++qi) {
     const int64_t row = first_row + qi;
-    const float* w = p.maybe_weights ? p.maybe_weights + (first_row + qi) * E : nullptr;
+    const float* w = p.maybe_weights ? p.maybe_weights + row * E : nullptr;
     const int64_t key_end = p.key_end(i0 + qi);
     // The keys [lo, hi) of entry n: its block, cut at the row's end; empty when unused.
     auto range = [&](int64_t n, int64_t& lo, int64_t& hi) {
