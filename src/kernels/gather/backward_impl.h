@@ -107,10 +107,8 @@ static void gather_backward_impl(const GatherParams& p, const GatherBackwardPara
     int64_t bucketed = -1;  // the list row block now in ksorted (shared lists: reused by heads)
 
     for (int64_t item = begin; item < end; ++item) {
-      const int64_t hkv = item % Hkv, bt = item / Hkv;
-      const int64_t b = bt / num_q_blocks, t = bt % num_q_blocks;
-      const int64_t qb = (t % 2 == 0) ? t / 2 : num_q_blocks - 1 - t / 2;
-      const int64_t i0 = qb * QB, nq = std::min(QB, Tq - i0);
+      const Item it = item_at(item, Hkv, num_q_blocks, QB, Tq);
+      const int64_t b = it.b, hkv = it.hkv, i0 = it.i0, nq = it.nq;
       const Rows krows(p.k, p.dtype, b * p.k_stride_b + hkv * p.k_stride_h, p.k_stride_t,
                        p.k_stride_d, D);
       const Rows vrows(p.v, p.dtype, b * p.v_stride_b + hkv * p.v_stride_h, p.v_stride_t,
@@ -140,53 +138,48 @@ static void gather_backward_impl(const GatherParams& p, const GatherBackwardPara
         bucketed = first_row;
       }
 
-      for (int64_t chunk = 0; chunk < num_chunks; ++chunk) {
-        for (int64_t qi = 0; qi < nq; ++qi) {
-          const int64_t* st = starts + qi * (num_chunks + 1);
-          const int64_t n_seg = st[chunk + 1] - st[chunk];
-          if (n_seg == 0) continue;
-          const int32_t* keys = ksorted + qi * K + st[chunk];
-          const float* wk = p.maybe_weights ? wsorted + qi * K + st[chunk] : nullptr;
-          const float* qq = qrows + qi * G * d_pad;
-          const float* doq = dorows + qi * G * dv_pad;
-          // s = scale q . k and dP = dO . v, for the G heads
-          dot_rows(qq, G, krows, keys, n_seg, p.scale, s, K + L, block, zero_row);
-          dot_rows(doq, G, vrows, keys, n_seg, 1.0f, dp, K + L, block, zero_row);
-          // s <- p = w e, dp <- scale dS = scale p (dP - Di), e = exp(s - lse); a row without
-          // an lse (no usable key) has p = 0.
-          for (int64_t g = 0; g < G; ++g) {
-            const int64_t r = qi * G + g;
-            float* sg = s + g * (K + L);
-            float* dpg = dp + g * (K + L);
-            if (lse[r] == kNegInf) {
-              fill_floats(sg, sg + n_seg, 0.0f);
-              fill_floats(dpg, dpg + n_seg, 0.0f);
-              continue;
-            }
-            const typename Vec::reg vlse = Vec::set1(lse[r]), vdi = Vec::set1(di[r]);
-            const typename Vec::reg vscale = Vec::set1(p.scale);
-            for (int64_t n = 0; n < n_seg; n += L) {
-              const typename Vec::reg e = Vec::exp(Vec::sub(Vec::load(sg + n), vlse));
-              const typename Vec::reg dt = Vec::sub(Vec::load(dpg + n), vdi);
-              if (need_entries) {  // dw[entry] += e (dP - Di), summed over the heads
-                alignas(64) float ed[L];
-                Vec::store(ed, Vec::mul(e, dt));
-                float* dw = gr.maybe_dweights + (first_row + qi) * E;
-                const int32_t* ent = esorted + qi * K + st[chunk] + n;
-                for (int64_t c = 0; c < std::min<int64_t>(L, n_seg - n); ++c) dw[ent[c]] += ed[c];
-              }
-              const typename Vec::reg pw = wk ? Vec::mul(e, Vec::load(wk + n)) : e;
-              Vec::store(sg + n, pw);
-              Vec::store(dpg + n, Vec::mul(vscale, Vec::mul(pw, dt)));
-            }
+      for_segments(starts, nq, num_chunks, [&](int64_t qi, int64_t n0, int64_t n_seg) {
+        const int32_t* keys = ksorted + qi * K + n0;
+        const float* wk = p.maybe_weights ? wsorted + qi * K + n0 : nullptr;
+        const float* qq = qrows + qi * G * d_pad;
+        const float* doq = dorows + qi * G * dv_pad;
+        // s = scale q . k and dP = dO . v, for the G heads
+        dot_rows(qq, G, krows, keys, n_seg, p.scale, s, K + L, block, zero_row);
+        dot_rows(doq, G, vrows, keys, n_seg, 1.0f, dp, K + L, block, zero_row);
+        // s <- p = w e, dp <- scale dS = scale p (dP - Di), e = exp(s - lse); a row without
+        // an lse (no usable key) has p = 0.
+        for (int64_t g = 0; g < G; ++g) {
+          const int64_t r = qi * G + g;
+          float* sg = s + g * (K + L);
+          float* dpg = dp + g * (K + L);
+          if (lse[r] == kNegInf) {
+            fill_floats(sg, sg + n_seg, 0.0f);
+            fill_floats(dpg, dpg + n_seg, 0.0f);
+            continue;
           }
-          // dq_g += scale dS k ; dk += scale dS q ; dv += p dO
-          accumulate_rows(krows, keys, n_seg, G, dp, K + L, dqrows + qi * G * d_pad, d_pad,
-                          row_scratch);
-          scatter_add_rows(dk_base, d_pad, keys, n_seg, G, dp, K + L, qq, d_pad);
-          scatter_add_rows(dv_base, dv_pad, keys, n_seg, G, s, K + L, doq, dv_pad);
+          const typename Vec::reg vlse = Vec::set1(lse[r]), vdi = Vec::set1(di[r]);
+          const typename Vec::reg vscale = Vec::set1(p.scale);
+          for (int64_t n = 0; n < n_seg; n += L) {
+            const typename Vec::reg e = Vec::exp(Vec::sub(Vec::load(sg + n), vlse));
+            const typename Vec::reg dt = Vec::sub(Vec::load(dpg + n), vdi);
+            if (need_entries) {  // dw[entry] += e (dP - Di), summed over the heads
+              alignas(64) float ed[L];
+              Vec::store(ed, Vec::mul(e, dt));
+              float* dw = gr.maybe_dweights + (first_row + qi) * E;
+              const int32_t* ent = esorted + qi * K + n0 + n;
+              for (int64_t c = 0; c < std::min<int64_t>(L, n_seg - n); ++c) dw[ent[c]] += ed[c];
+            }
+            const typename Vec::reg pw = wk ? Vec::mul(e, Vec::load(wk + n)) : e;
+            Vec::store(sg + n, pw);
+            Vec::store(dpg + n, Vec::mul(vscale, Vec::mul(pw, dt)));
+          }
         }
-      }
+        // dq_g += scale dS k ; dk += scale dS q ; dv += p dO
+        accumulate_rows(krows, keys, n_seg, G, dp, K + L, dqrows + qi * G * d_pad, d_pad,
+                        row_scratch);
+        scatter_add_rows(dk_base, d_pad, keys, n_seg, G, dp, K + L, qq, d_pad);
+        scatter_add_rows(dv_base, dv_pad, keys, n_seg, G, s, K + L, doq, dv_pad);
+      });
 
       for (int64_t qi = 0; qi < nq; ++qi) {
         for (int64_t g = 0; g < G; ++g) {

@@ -384,6 +384,31 @@ static inline int64_t queries_per_item(const GatherParams& p, int num_threads) {
                                                              std::max<int64_t>(1, p.slots())))}));
 }
 
+// A work item: queries [i0, i0 + nq) of batch b and kv head hkv. Items run (b, query block,
+// kv head) with the head innermost, so the heads of a shared list reuse its bucketing; the
+// query blocks zig-zag, so that contiguous ranges of items carry equal causal work.
+struct Item {
+  int64_t b, hkv, i0, nq;
+};
+static inline Item item_at(
+    int64_t item, int64_t Hkv, int64_t num_q_blocks, int64_t QB, int64_t Tq) {
+  const int64_t bt = item / Hkv, t = bt % num_q_blocks;
+  const int64_t qb = (t % 2 == 0) ? t / 2 : num_q_blocks - 1 - t / 2;
+  return {bt / num_q_blocks, item % Hkv, qb * QB, std::min(QB, Tq - qb * QB)};
+}
+
+// f(qi, n0, n_seg) for each query qi < nq and its segment of the chunk, slots [n0, n0 + n_seg)
+// of its bucketed list (bucket_lists' starts), chunk by chunk.
+template <class F>
+static inline void for_segments(const int64_t* starts, int64_t nq, int64_t num_chunks, F&& f) {
+  for (int64_t chunk = 0; chunk < num_chunks; ++chunk) {
+    for (int64_t qi = 0; qi < nq; ++qi) {
+      const int64_t* st = starts + qi * (num_chunks + 1);
+      if (st[chunk + 1] > st[chunk]) f(qi, st[chunk], st[chunk + 1] - st[chunk]);
+    }
+  }
+}
+
 // The forward's work items and chunks. A work item (queries_per_item queries of one kv head)
 // walks the key axis chunk by chunk and, per chunk, serves every query of the item its listed
 // keys in that chunk: the chunk's K and V rows (512 x (D + Dv) floats = 512 KB at D = Dv = 128)
@@ -434,13 +459,8 @@ static void gather_forward_impl(const GatherParams& p) {
     int64_t bucketed = -1;  // the list row block now in ksorted (shared lists: reused by heads)
 
     for (int64_t item = begin; item < end; ++item) {
-      // Items run (b, query block, kv head) with the head innermost, so the heads of a shared
-      // list reuse its bucketing. Zig-zag over the query blocks: contiguous ranges carry equal
-      // causal work.
-      const int64_t hkv = item % Hkv, bt = item / Hkv;
-      const int64_t b = bt / num_q_blocks, t = bt % num_q_blocks;
-      const int64_t qb = (t % 2 == 0) ? t / 2 : num_q_blocks - 1 - t / 2;
-      const int64_t i0 = qb * QB, nq = std::min(QB, Tq - i0);
+      const Item it = item_at(item, Hkv, num_q_blocks, QB, Tq);
+      const int64_t b = it.b, hkv = it.hkv, i0 = it.i0, nq = it.nq;
       const Rows krows(p.k, p.dtype, b * p.k_stride_b + hkv * p.k_stride_h, p.k_stride_t,
                        p.k_stride_d, D);
       const Rows vrows(p.v, p.dtype, b * p.v_stride_b + hkv * p.v_stride_h, p.v_stride_t,
@@ -464,24 +484,19 @@ static void gather_forward_impl(const GatherParams& p) {
         bucketed = first_row;
       }
 
-      for (int64_t chunk = 0; chunk < num_chunks; ++chunk) {
-        for (int64_t qi = 0; qi < nq; ++qi) {
-          const int64_t* st = starts + qi * (num_chunks + 1);
-          const int64_t n_seg = st[chunk + 1] - st[chunk];
-          if (n_seg == 0) continue;
-          const int32_t* keys = ksorted + qi * K + st[chunk];
-          const float* wk = p.maybe_weights ? wsorted + qi * K + st[chunk] : nullptr;
-          // s[g, n] = scale * q_g . k[keys_n]; then the online softmax over the segment,
-          // p_n = w_n exp(s_n - m'), acc <- acc e^(m - m') + p V.
-          dot_rows(qrows + qi * G * d_pad, G, krows, keys, n_seg, p.scale, s, K + L, kblock,
-                   zero_row);
-          for (int64_t g = 0; g < G; ++g) {
-            softmax_segment(s + g * (K + L), n_seg, wk, m[qi * G + g], l[qi * G + g],
-                            acc + (qi * G + g) * dv_pad, dv_pad);
-          }
-          accumulate_rows(vrows, keys, n_seg, G, s, K + L, acc + qi * G * dv_pad, dv_pad, vrow);
+      for_segments(starts, nq, num_chunks, [&](int64_t qi, int64_t n0, int64_t n_seg) {
+        const int32_t* keys = ksorted + qi * K + n0;
+        const float* wk = p.maybe_weights ? wsorted + qi * K + n0 : nullptr;
+        // s[g, n] = scale * q_g . k[keys_n]; then the online softmax over the segment,
+        // p_n = w_n exp(s_n - m'), acc <- acc e^(m - m') + p V.
+        dot_rows(qrows + qi * G * d_pad, G, krows, keys, n_seg, p.scale, s, K + L, kblock,
+                 zero_row);
+        for (int64_t g = 0; g < G; ++g) {
+          softmax_segment(s + g * (K + L), n_seg, wk, m[qi * G + g], l[qi * G + g],
+                          acc + (qi * G + g) * dv_pad, dv_pad);
         }
-      }
+        accumulate_rows(vrows, keys, n_seg, G, s, K + L, acc + qi * G * dv_pad, dv_pad, vrow);
+      });
 
       for (int64_t qi = 0; qi < nq; ++qi) {
         for (int64_t g = 0; g < G; ++g) {
