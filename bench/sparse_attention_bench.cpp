@@ -192,7 +192,7 @@ int run_kernels(int64_t T, int reps) {
     torch::Tensor qg = q.clone().requires_grad_(true);
     torch::Tensor kg = k.requires_grad_(true), vg = v.requires_grad_(true);
     torch::Tensor dout = torch::randn_like(q);
-    torch::autograd::GradMode::set_enabled(true);
+    torch::AutoGradMode grad(true);  // inside the function's NoGradGuard
     const double dense = median_seconds(
         [&] {
           dot_product_attention(qg, kg, vg, attnkit::DotProductAttentionOptions().causal(true))
@@ -207,7 +207,6 @@ int run_kernels(int64_t T, int reps) {
       std::printf("gather top %-5lld fwd+bwd %7.3f s  dense/gather %5.2f\n",
                   static_cast<long long>(top_k), s, dense / s);
     }
-    torch::autograd::GradMode::set_enabled(false);
   }
   {  // MiniMax's attention: 2 kv groups, 16 random visible blocks of 128 + the current block
     const int64_t bs = 128, nb = (T + bs - 1) / bs;

@@ -109,10 +109,7 @@ static void gather_backward_impl(const GatherParams& p, const GatherBackwardPara
     for (int64_t item = begin; item < end; ++item) {
       const Item it = item_at(item, Hkv, num_q_blocks, QB, Tq);
       const int64_t b = it.b, hkv = it.hkv, i0 = it.i0, nq = it.nq;
-      const Rows krows(p.k, p.dtype, b * p.k_stride_b + hkv * p.k_stride_h, p.k_stride_t,
-                       p.k_stride_d, D);
-      const Rows vrows(p.v, p.dtype, b * p.v_stride_b + hkv * p.v_stride_h, p.v_stride_t,
-                       p.v_stride_d, Dv);
+      const Rows krows = key_rows(p, b, hkv), vrows = value_rows(p, b, hkv);
       float* dk_base = dk_copy + (b * Hkv + hkv) * Tkv * d_pad;
       float* dv_base = dv_copy + (b * Hkv + hkv) * Tkv * dv_pad;
 

@@ -281,6 +281,16 @@ static void dot_rows(const float* x,
   }
 }
 
+// The k and v rows of batch b, kv head hkv.
+static inline Rows key_rows(const GatherParams& p, int64_t b, int64_t hkv) {
+  return Rows(p.k, p.dtype, b * p.k_stride_b + hkv * p.k_stride_h, p.k_stride_t, p.k_stride_d,
+              p.head_dim);
+}
+static inline Rows value_rows(const GatherParams& p, int64_t b, int64_t hkv) {
+  return Rows(p.v, p.dtype, b * p.v_stride_b + hkv * p.v_stride_h, p.v_stride_t, p.v_stride_d,
+              p.head_dim_v);
+}
+
 // acc[g * acc_stride + 0:dim_pad] += sum_n c[g * c_stride + n] rows[keys[n]] for n < n_seg and
 // G rows of acc. In place, pv_heads keeps the accumulators in registers over the segment;
 // widened rows go through `scratch` one key at a time.
@@ -461,10 +471,7 @@ static void gather_forward_impl(const GatherParams& p) {
     for (int64_t item = begin; item < end; ++item) {
       const Item it = item_at(item, Hkv, num_q_blocks, QB, Tq);
       const int64_t b = it.b, hkv = it.hkv, i0 = it.i0, nq = it.nq;
-      const Rows krows(p.k, p.dtype, b * p.k_stride_b + hkv * p.k_stride_h, p.k_stride_t,
-                       p.k_stride_d, D);
-      const Rows vrows(p.v, p.dtype, b * p.v_stride_b + hkv * p.v_stride_h, p.v_stride_t,
-                       p.v_stride_d, Dv);
+      const Rows krows = key_rows(p, b, hkv), vrows = value_rows(p, b, hkv);
 
       // Per query: q rows and a fresh softmax state.
       for (int64_t qi = 0; qi < nq; ++qi) {

@@ -83,9 +83,11 @@ static void index_topk_impl(const IndexTopkParams& p) {
     }
   });
 
-  // Per-thread scratch: packed queries, weights, a score tile, the combined row, and per query
-  // either a heap or a whole scored row (+ radix candidates).
-  const int64_t f_q = rows_pad * D, f_w = rows_q * Hi, f_s = rows_pad * kTileK, f_comb = kTileK;
+  // Per-thread scratch: packed queries, weights, a score tile (unless the heads are combined in
+  // registers), the combined row, and per query either a heap or a whole scored row (+ radix
+  // candidates).
+  const int64_t f_q = rows_pad * D, f_w = rows_q * Hi, f_comb = kTileK;
+  const int64_t f_s = fused_combine ? 0 : rows_pad * kTileK;
   const int64_t f_rows = radix ? rows_q * tk_pad + tk_pad : 0;
   const int64_t floats = f_q + f_w + f_s + f_comb + f_rows;
   const int num_threads = at::get_num_threads();
