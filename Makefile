@@ -1,34 +1,60 @@
 # Two entry points for a fresh Debian machine:
-#   make run    install deps if missing, build Release, run `attnkit tour`
-#   make test   install deps if missing, build Release, run the whole test suite (ctest)
-#   make bench  build the Google Benchmark binaries (bench/) and run them, medians of 3
+#   make run       install deps if missing, build the CLI (Release), run `attnkit tour`
+#   make test      install deps if missing, build everything (Release), run the test suite (ctest)
+#   make bench     build the Google Benchmark binaries (bench/) and run them, medians of 3
+#   make sanitize  build the tests with ASan + UBSan (build-sanitize/) and run them
+# Debian packages come from scripts/install-deps.sh; LibTorch is the C++ library inside the
+# torch wheel pinned in requirements.txt, installed into the virtual environment .venv/.
 BUILD ?= build
 JOBS ?= $(shell nproc)
 CMAKE_ARGS ?=
+VENV ?= .venv
+PYTHON ?= python3
+# The project's own code builds with -Werror here (and so in CI); the CMake default is off.
+WERROR ?= ON
+TORCH_PREFIX = $(shell $(VENV)/bin/python -c 'import torch; print(torch.utils.cmake_prefix_path)')
+CONFIGURE = cmake -S . -G Ninja -DCMAKE_PREFIX_PATH="$(TORCH_PREFIX)" -DATTNKIT_WERROR=$(WERROR)
 BENCH_ARGS ?= --benchmark_repetitions=3 --benchmark_report_aggregates_only=true
 BENCHES ?= flash_attention_bench linear_attention_bench
 
-.PHONY: deps configure build run test bench format clean
+.PHONY: deps venv configure build run test bench sanitize format clean
 
 deps:
 	@bash scripts/install-deps.sh
 
-$(BUILD)/build.ninja:
+$(VENV)/.installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q -r requirements.txt
+	touch $@
+
+venv: $(VENV)/.installed
+
+$(BUILD)/build.ninja: | $(VENV)/.installed
 	@$(MAKE) --no-print-directory deps
-	cmake -S . -B $(BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Release $(CMAKE_ARGS)
+	$(CONFIGURE) -B $(BUILD) -DCMAKE_BUILD_TYPE=Release $(CMAKE_ARGS)
 
-configure: $(BUILD)/build.ninja
+configure: deps venv $(BUILD)/build.ninja
 
-build: deps configure
+build: configure
 	cmake --build $(BUILD) -j $(JOBS)
 
-run: build
+# The tour needs only the library and the CLI.
+run: configure
+	cmake --build $(BUILD) --target attnkit_cli -j $(JOBS)
 	$(BUILD)/tools/attnkit/attnkit tour
 
 test: build
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
 
-bench: deps configure
+# LibTorch is not instrumented and keeps allocations alive at exit: leak checking is off.
+SANITIZE_ENV = ASAN_OPTIONS=detect_leaks=0:detect_odr_violation=0 UBSAN_OPTIONS=print_stacktrace=1
+sanitize: deps venv
+	$(CONFIGURE) -B build-sanitize -DCMAKE_BUILD_TYPE=None -DCMAKE_CXX_FLAGS="-O1 -g1" -DATTNKIT_SANITIZE=ON \
+	  -DATTNKIT_BUILD_BENCH=OFF -DATTNKIT_BUILD_TOOLS=OFF $(CMAKE_ARGS)
+	cmake --build build-sanitize --target attnkit_tests -j $(JOBS)
+	cd build-sanitize && $(SANITIZE_ENV) ctest --output-on-failure -j $(JOBS) -R unit_tests
+
+bench: configure
 	cmake --build $(BUILD) --target $(BENCHES) -j $(JOBS)
 	for b in $(BENCHES); do $(BUILD)/bench/$$b $(BENCH_ARGS) || exit 1; done
 
@@ -36,4 +62,4 @@ format:
 	clang-format -i $$(git ls-files '*.h' '*.cpp')
 
 clean:
-	rm -rf $(BUILD)
+	rm -rf $(BUILD) build-sanitize

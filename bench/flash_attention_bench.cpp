@@ -1,10 +1,14 @@
 // Benchmarks of the fused flash attention against the machine's limits, measured in the same
-// run: OpenBLAS sgemm (through at::mm) for FLOP/s, a streaming read for bytes/s, and LibTorch's
-// composed path (matmul, softmax, matmul). Ratios are computed from medians of repeats and
-// printed after the Google Benchmark table.
+// run (bench/machine_limits.h): the FMA peak (register-only vector FMAs, 1 thread and all
+// threads) and sgemm (at::mm: the BLAS inside LibTorch, MKL in the pip wheel) for FLOP/s, a
+// vectorised multi-threaded streaming read for bytes/s, and LibTorch's composed path (matmul,
+// softmax, matmul). Ratios are computed from medians of repeats and printed after the Google
+// Benchmark table, with what is known of the BLAS and its kernel.
 //
-//   build-eng/bench/flash_attention_bench --benchmark_repetitions=5 \
-//       --benchmark_report_aggregates_only=true
+//   build/bench/flash_attention_bench --benchmark_repetitions=5
+//       --benchmark_report_aggregates_only=true   (one command line)
+
+#include "machine_limits.h"
 
 #include <attnkit/attnkit.h>
 
@@ -23,7 +27,16 @@
 
 namespace {
 
+namespace ml = attnkit::machine_limits;
 using attnkit::functional::FlexAttentionOptions;
+
+// All cores unless ATTNKIT_BENCH_THREADS says otherwise (1 thread gives stable CPU times on a
+// shared machine). main sets LibTorch's threads to this; the limits run on as many.
+int bench_threads() {
+  int threads = static_cast<int>(std::thread::hardware_concurrency());
+  if (const char* env = std::getenv("ATTNKIT_BENCH_THREADS")) threads = std::max(1, std::atoi(env));
+  return std::max(1, threads);
+}
 
 // 2 * M * N * K for an [M, K] x [K, N] product.
 double gemm_flops(double m, double n, double k) { return 2.0 * m * n * k; }
@@ -73,7 +86,8 @@ void BM_PeakMemory(benchmark::State& state) {
 }
 BENCHMARK(BM_PeakMemory)->ArgNames({"T"})->Arg(16384)->Iterations(1)->Unit(benchmark::kMillisecond);
 
-// The machine's practical FLOP limit: sgemm of square fp32 matrices (OpenBLAS via at::mm).
+// The machine's practical FLOP limit: sgemm of square fp32 matrices (at::mm: LibTorch's BLAS,
+// with the kernel it picks for this CPU; see the BLAS lines of the summary).
 void BM_Sgemm(benchmark::State& state) {
   const int64_t n = state.range(0);
   torch::Tensor a = torch::randn({n, n}), b = torch::randn({n, n}), c = torch::empty({n, n});
@@ -85,25 +99,37 @@ void BM_Sgemm(benchmark::State& state) {
 }
 BENCHMARK(BM_Sgemm)->ArgNames({"N"})->Arg(2048)->Unit(benchmark::kMillisecond)->UseRealTime();
 
-// The machine's read bandwidth: a streaming XOR over 1 GiB split across the threads (integer
-// XOR vectorises without fast-math, so the loop runs at memory speed, unlike torch's sum).
+// The machine's read bandwidth: vector loads (AVX-512 or AVX) summed into 8 accumulators per
+// thread over 1 GiB split across all threads (std::threads: at::parallel_for would run on one
+// thread here, this file being built without -fopenmp). The buffer is kept for the process.
 void BM_ReadBandwidth(benchmark::State& state) {
-  const int64_t n = int64_t{1} << 27;  // uint64 words
-  torch::Tensor x = torch::randint(0, 1 << 30, {n}, torch::kLong);
-  const uint64_t* data = reinterpret_cast<const uint64_t*>(x.data_ptr<int64_t>());
-  for (auto _ : state) {
-    std::vector<uint64_t> partial(static_cast<size_t>(at::get_num_threads()), 0);
-    at::parallel_for(0, n, 1 << 20, [&](int64_t begin, int64_t end) {
-      uint64_t acc = 0;
-      for (int64_t e = begin; e < end; ++e) acc ^= data[e];
-      partial[at::get_thread_num()] ^= acc;
-    });
-    benchmark::DoNotOptimize(partial.data());
-  }
-  state.counters["bytes/s"] = benchmark::Counter(static_cast<double>(x.nbytes()),
+  static ml::ReadBuffer* buffer = new ml::ReadBuffer(torch::get_num_threads());
+  for (auto _ : state) buffer->pass_seconds();
+  state.counters["bytes/s"] = benchmark::Counter(static_cast<double>(buffer->bytes()),
                                                  benchmark::Counter::kIsIterationInvariantRate);
 }
 BENCHMARK(BM_ReadBandwidth)->Unit(benchmark::kMillisecond)->UseRealTime();
+
+// The machine's FLOP ceiling: independent vector FMAs on registers (AVX-512F if the CPU has it,
+// else AVX2+FMA) on 1 thread and on all threads, 2 FLOP per lane.
+void BM_FmaPeak(benchmark::State& state) {
+  const int threads = static_cast<int>(state.range(0)), width = ml::widest_fma_width();
+  if (width == 0) {
+    state.SkipWithError("no FMA on this CPU");
+    return;
+  }
+  static const int64_t iters = ml::fma_iters_for(width, 0.05);
+  for (auto _ : state) ml::fma_pass_seconds(width, threads, iters);
+  set_flops(state, ml::fma_flops_per_iter(width) * static_cast<double>(iters) * threads);
+}
+BENCHMARK(BM_FmaPeak)
+    ->ArgNames({"threads"})
+    ->Apply([](benchmark::internal::Benchmark* b) {
+      b->Arg(1);
+      if (bench_threads() > 1) b->Arg(bench_threads());
+    })
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
 
 // Fused forward: args B, H, T, D, causal.
 void BM_FlashForward(benchmark::State& state) {
@@ -340,13 +366,31 @@ class MedianReporter : public benchmark::ConsoleReporter {
   std::map<std::string, std::map<std::string, double>> values_;
 };
 
+// The limits from this run's medians; a limit whose benchmark was filtered out is measured here.
+ml::Limits limits_of(const MedianReporter& r) {
+  ml::Limits l;
+  l.threads = torch::get_num_threads();
+  l.fma_width = ml::widest_fma_width();
+  l.sgemm = r.get("BM_Sgemm/N:2048/real_time", "FLOP/s");
+  l.read = r.get("BM_ReadBandwidth/real_time", "bytes/s");
+  l.fma_peak_1 = r.get("BM_FmaPeak/threads:1/real_time", "FLOP/s");
+  l.fma_peak =
+      r.get("BM_FmaPeak/threads:" + std::to_string(l.threads) + "/real_time", "FLOP/s");
+  if (l.threads == 1) l.fma_peak = l.fma_peak_1;
+  if (l.sgemm == 0) l.sgemm = ml::sgemm_flops();
+  if (l.read == 0) l.read = ml::read_bandwidth(l.threads);
+  if (l.fma_peak_1 == 0) l.fma_peak_1 = ml::fma_peak_flops(l.fma_width, 1);
+  if (l.fma_peak == 0) l.fma_peak = ml::fma_peak_flops(l.fma_width, l.threads);
+  return l;
+}
+
 void print_ratios(const MedianReporter& r) {
-  const double sgemm = r.get("BM_Sgemm/N:2048/real_time", "FLOP/s");
-  const double bw = r.get("BM_ReadBandwidth/real_time", "bytes/s");
-  std::printf("\nsgemm %.1f GFLOP/s, read bandwidth %.1f GB/s, %d threads\n", sgemm / 1e9, bw / 1e9,
-              torch::get_num_threads());
-  std::printf("%-34s %10s %10s %12s %14s\n", "shape", "GFLOP/s", "/sgemm", "composed ms",
-              "x composed");
+  const ml::Limits limits = limits_of(r);
+  const double sgemm = limits.sgemm, fma_peak = limits.fma_peak;
+  std::printf("\nmachine limits (this run, %d threads):\n%s%s", limits.threads,
+              ml::describe(limits).c_str(), ml::describe_blas(limits).c_str());
+  std::printf("%-34s %10s %10s %10s %12s %14s\n", "shape", "GFLOP/s", "/sgemm", "/FMA peak",
+              "composed ms", "x composed");
   for (const char* shape : {"B:1/H:8/T:4096/D:128/causal:0", "B:1/H:8/T:4096/D:128/causal:1",
                             "B:1/H:8/T:2048/D:64/causal:0", "B:1/H:8/T:2048/D:64/causal:1"}) {
     const std::string s = shape;
@@ -354,25 +398,35 @@ void print_ratios(const MedianReporter& r) {
     const double t = r.get("BM_FlashForward/" + s + "/real_time", "ms");
     const double c = r.get("BM_Composed/" + s + "/real_time", "ms");
     if (f == 0) continue;
-    std::printf("%-34s %10.1f %10.2f %12.1f %14.2f\n", shape, f / 1e9, sgemm > 0 ? f / sgemm : 0, c,
-                t > 0 ? c / t : 0);
+    std::printf("%-34s %10.1f %10.2f %10.2f %12.1f %14.2f\n", shape, f / 1e9,
+                sgemm > 0 ? f / sgemm : 0, fma_peak > 0 ? f / fma_peak : 0, c, t > 0 ? c / t : 0);
   }
   const double bf = r.get("BM_FlashForwardBf16/B:1/H:8/T:4096/D:128/causal:0/real_time", "FLOP/s");
-  if (bf > 0)
-    std::printf("bf16 non-causal T4096 D128: %.1f GFLOP/s (%.2f of sgemm)\n", bf / 1e9, bf / sgemm);
+  if (bf > 0) {
+    std::printf("bf16 non-causal T4096 D128: %.1f GFLOP/s %s\n", bf / 1e9,
+                ml::flop_ratios(bf, limits).c_str());
+  }
   const double dec = r.get("BM_Decode/Hq:32/Hkv:8/Tk:32768/D:128/real_time", "bytes/s");
-  if (dec > 0)
-    std::printf("decode Hq32 Hkv8 Tk32768 D128: %.1f GB/s (%.2f of read bandwidth)\n", dec / 1e9,
-                bw > 0 ? dec / bw : 0);
+  if (dec > 0) {
+    std::printf("decode Hq32 Hkv8 Tk32768 D128: %.1f GB/s %s\n", dec / 1e9,
+                ml::read_ratio(dec, limits).c_str());
+  }
   const double fb =
       r.get("BM_FlashForwardBackward/B:1/H:8/T:1024/D:64/causal:1/real_time", "FLOP/s");
-  if (fb > 0)
-    std::printf("fwd+bwd causal T1024 D64: %.1f GFLOP/s (%.3f of sgemm)\n", fb / 1e9, fb / sgemm);
+  if (fb > 0) {
+    std::printf("fwd+bwd causal T1024 D64: %.1f GFLOP/s %s\n", fb / 1e9,
+                ml::flop_ratios(fb, limits).c_str());
+  }
   const double ga = r.get("BM_Gather/T:8192/K:256/real_time", "ms");
   const double gd = r.get("BM_GatherAsDenseMask/T:8192/K:256/real_time", "ms");
   if (ga > 0 && gd > 0) {
     std::printf("gather T8192 K256: %.1f ms vs %.1f ms as a dense mask: %.1fx faster\n", ga, gd,
                 gd / ga);
+  }
+  const double gf = r.get("BM_Gather/T:8192/K:256/real_time", "FLOP/s");
+  if (gf > 0) {
+    std::printf("gather T8192 K256: %.1f GFLOP/s %s\n", gf / 1e9,
+                ml::flop_ratios(gf, limits).c_str());
   }
   const double peak = r.get("BM_PeakMemory/T:16384/iterations:1", "extra_bytes");
   if (peak > 0) {
@@ -407,11 +461,7 @@ void print_ratios(const MedianReporter& r) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  // All cores unless ATTNKIT_BENCH_THREADS says otherwise (1 thread gives stable CPU times on
-  // a shared machine).
-  int cores = static_cast<int>(std::thread::hardware_concurrency());
-  if (const char* env = std::getenv("ATTNKIT_BENCH_THREADS")) cores = std::max(1, std::atoi(env));
-  torch::set_num_threads(cores);
+  torch::set_num_threads(bench_threads());
   // Recycle freed blocks instead of returning them to the OS: glibc hands out blocks over 32 MB
   // as fresh mmaps, so every iteration's output (33 MB at T16384, H8, D64) would be faulted in
   // and zeroed by the kernel (14% of the sliding-window case), as no serving process with a

@@ -2,15 +2,19 @@
 // attention, B=1, 8 heads, head dim 64, fp32, 2 threads, T = 1K ... 32K; and the per-token
 // decode cost of the GatedDeltaNet module after a 1K and a 32K prefill. Times are medians of
 // repeats; the derived table (time per token, analytic memory, crossover) is printed after the
-// Google Benchmark table.
+// Google Benchmark table, followed by the machine's limits measured in the same process
+// (bench/machine_limits.h: FMA peak, streaming read, sgemm, the BLAS) and dense fused causal's
+// GFLOP/s against them.
 //
-//   build-lb/bench/linear_attention_bench --benchmark_repetitions=3 \
-//       --benchmark_report_aggregates_only=true
+//   build/bench/linear_attention_bench --benchmark_repetitions=3
+//       --benchmark_report_aggregates_only=true   (one command line)
 //
 // Dense causal attention is not run at T = 32K (about 4x the 16K time, tens of seconds per
 // repeat on 2 cores); the table extrapolates it as 4x the 16K median and marks it "~". The
 // whole run takes about 4 minutes on the loaded 2-core machine, most of it linear attention
 // and dense causal at 16K/32K (--benchmark_filter=GatedDelta|GdnDecode for a quick run).
+
+#include "machine_limits.h"
 
 #include <attnkit/attnkit.h>
 
@@ -25,6 +29,7 @@
 
 namespace {
 
+namespace ml = attnkit::machine_limits;
 using attnkit::functional::FlexAttentionOptions;
 
 constexpr int64_t kHeads = 8;
@@ -233,6 +238,19 @@ void print_table(const MedianReporter& r) {
         "GatedDeltaNet decode (dim 512): %.1f us/token after 1K, %.1f us/token after 32K "
         "(ratio %.2f); state %.0f KB at both\n",
         d1, d32, d32 / d1, r.get("BM_GdnDecode/T:1024/real_time", "state_bytes") / 1e3);
+  }
+  // Dense fused causal against the machine (QK^T and PV, causal half counted). GDN's and linear
+  // attention's chunked work has no FLOP count comparable to it, so they get no FLOP ratio.
+  const ml::Limits limits = ml::measure();
+  std::printf("\nmachine limits (this process, %d threads):\n%s%s", limits.threads,
+              ml::describe(limits).c_str(), ml::describe_blas(limits).c_str());
+  for (int64_t T : kLengths) {
+    const double dense = ms(r, "BM_DenseCausal", T);
+    if (dense <= 0) continue;
+    const double flops = 4.0 * H * static_cast<double>(T) * static_cast<double>(T) * D / 2;
+    const double rate = flops / (dense * 1e-3);
+    std::printf("dense fused causal T%lld: %.1f GFLOP/s %s\n", static_cast<long long>(T),
+                rate / 1e9, ml::flop_ratios(rate, limits).c_str());
   }
 }
 

@@ -11,9 +11,15 @@
 // counted for both; the target is dense attn / sparse attn >= ideal / 2. CSA's row compares
 // whole module times (its projections are not separated).
 //
+// The parent first measures the machine's limits on the same 2 threads (bench/machine_limits.h:
+// FMA peak, streaming read, sgemm, the BLAS); dense attention's GFLOP/s (attn s) and, with
+// --kernels, the gather kernels' GFLOP/s are stated against them.
+//
 //   build/bench/sparse_attention_bench [--seqs 4096,16384,32768] [--reps 3] [--ref-max 4096]
 //   build/bench/sparse_attention_bench --kernels 16384 --reps 5   # index_topk, gather alone
 //                                                                 (forward; fwd+bwd vs dense)
+
+#include "machine_limits.h"
 
 #include <attnkit/attnkit.h>
 
@@ -33,6 +39,8 @@
 #include <vector>
 
 namespace {
+
+namespace ml = attnkit::machine_limits;
 
 constexpr int64_t kDim = 1024, kHeads = 8, kHeadDim = kDim / kHeads, kGroups = 2;
 
@@ -162,6 +170,9 @@ torch::Tensor random_causal_lists(int64_t T, int64_t K) {
 int run_kernels(int64_t T, int reps) {
   using namespace attnkit::functional;  // NOLINT
   torch::set_num_threads(2);
+  const ml::Limits limits = ml::measure();
+  std::printf("machine limits (this process, 2 threads):\n%s%s", ml::describe(limits).c_str(),
+              ml::describe_blas(limits).c_str());
   torch::manual_seed(0);
   torch::NoGradGuard no_grad;
   std::printf("T=%lld, 2 threads, medians of %d\n", static_cast<long long>(T), reps);
@@ -183,8 +194,9 @@ int run_kernels(int64_t T, int reps) {
       const double s = median_seconds([&] { gather_attention(q, k, v, idx); }, reps);
       const double flops =
           attention_flops(T, [&](int64_t t) { return std::min<double>(t + 1, top_k); });
-      std::printf("gather top %-5lld     %8.3f s  %6.1f GFLOP/s\n", static_cast<long long>(top_k),
-                  s, flops / s / 1e9);
+      std::printf("gather top %-5lld     %8.3f s  %6.1f GFLOP/s %s\n",
+                  static_cast<long long>(top_k), s, flops / s / 1e9,
+                  ml::flop_ratios(flops / s, limits).c_str());
     }
   }
   {  // Training step of DeepSeek's attention: forward + backward, against dense causal attention
@@ -225,7 +237,8 @@ int run_kernels(int64_t T, int reps) {
     const double s = median_seconds([&] { gather_attention(q, k, v, blocks, {}, opts); }, reps);
     const double flops = attention_flops(
         T, [&](int64_t t) { return std::min<double>(t + 1, 16 * bs + t % bs + 1); });
-    std::printf("gather minimax blocks  %8.3f s  %6.1f GFLOP/s\n", s, flops / s / 1e9);
+    std::printf("gather minimax blocks  %8.3f s  %6.1f GFLOP/s %s\n", s, flops / s / 1e9,
+                ml::flop_ratios(flops / s, limits).c_str());
   }
   return 0;
 }
@@ -259,6 +272,12 @@ int main(int argc, char** argv) {
   }
   if (kernels > 0) return run_kernels(kernels, reps);
   if (!only.empty()) return run_child(only, seq, reps);
+
+  // The children run on 2 threads: the limits too. The read buffer is freed before any child.
+  torch::set_num_threads(2);
+  const ml::Limits limits = ml::measure();
+  std::printf("machine limits (this process, 2 threads):\n%s%s", ml::describe(limits).c_str(),
+              ml::describe_blas(limits).c_str());
 
   std::printf(
       "B=1 dim=%lld heads=%lld (MiniMax: %lld kv groups), fp32, 2 threads, forward no "
@@ -324,6 +343,11 @@ int main(int argc, char** argv) {
         T, [&](int64_t t) { return std::min<double>(t + 1, top * bs + t % bs + 1); });
     row("minimax", "minimax", measure(argv[0], "minimax", T, reps, false), &gqa,
         dense_flops / (sparse + indexer));
+    // Dense attention's own time (module minus projections) against the machine.
+    const double rate = dense_flops / mha.attn();
+    std::printf("  dense_mha attention T%lld: %.1f GFLOP/s %s\n", static_cast<long long>(T),
+                rate / 1e9, ml::flop_ratios(rate, limits).c_str());
+    std::fflush(stdout);
   }
   return 0;
 }

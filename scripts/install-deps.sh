@@ -5,8 +5,7 @@ set -euo pipefail
 
 packages=(
   build-essential cmake ninja-build ccache pkg-config
-  libtorch-dev          # LibTorch 1.13.1 (public C++ API only)
-  libopenblas0-pthread  # without it LibTorch's matmul runs on reference BLAS, ~40x slower
+  python3-venv          # the virtual environment that holds the torch wheel (LibTorch 2.x)
   libgtest-dev libgmock-dev libbenchmark-dev
   libcli11-dev nlohmann-json3-dev libfmt-dev libpng-dev
 )

@@ -6,8 +6,11 @@
 #include <attnkit/core/reference_attention.h>
 #include <attnkit/core/rms_norm.h>
 #include <attnkit/core/rope.h>
+#include <attnkit/core/threading.h>
+#include <attnkit/functional/backend.h>
 #include <attnkit/functional/dot_product_attention.h>
 #include <attnkit/functional/flex_attention.h>
+#include <attnkit/functional/gated_delta_rule.h>
 #include <attnkit/functional/gather_attention.h>
 #include <attnkit/functional/index_topk.h>
 

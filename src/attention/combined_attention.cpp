@@ -57,20 +57,11 @@ void CombinedAttentionImpl::pretty_print(std::ostream& stream) const {
          << ", dropout=" << o.dropout() << ")";
 }
 
-std::shared_ptr<torch::nn::Module> CombinedAttentionImpl::clone(
-    const c10::optional<torch::Device>& device) const {
-  auto a = std::dynamic_pointer_cast<AttentionImpl>(attn_a->clone(device));
-  auto b = std::dynamic_pointer_cast<AttentionImpl>(attn_b->clone(device));
+std::shared_ptr<AttentionImpl> CombinedAttentionImpl::construct_like() const {
+  auto a = std::dynamic_pointer_cast<AttentionImpl>(attn_a->clone());
+  auto b = std::dynamic_pointer_cast<AttentionImpl>(attn_b->clone());
   TORCH_CHECK(a && b, kName, ": a clone of a wrapped module is not an AttentionImpl");
-  auto copy = std::make_shared<CombinedAttentionImpl>(Attention(a), Attention(b), options);
-  torch::NoGradGuard no_grad;
-  auto from = named_parameters();
-  for (auto& p : copy->named_parameters()) {
-    if (p.key().rfind("gate.", 0) == 0) p.value().copy_(from[p.key()]);
-  }
-  if (device) copy->to(*device);
-  copy->train(is_training());
-  return copy;
+  return std::make_shared<CombinedAttentionImpl>(Attention(a), Attention(b), options);
 }
 
 torch::Tensor CombinedAttentionImpl::gate_values(const torch::Tensor& x) {

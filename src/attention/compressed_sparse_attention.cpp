@@ -1,6 +1,7 @@
 #include <attnkit/attention/compressed_sparse_attention.h>
 
 #include <attnkit/functional/flex_attention.h>
+#include <attnkit/functional/gather_attention.h>
 #include <attnkit/functional/index_topk.h>
 
 #include "attention/compressed_common.h"
@@ -160,7 +161,8 @@ CompressedSparseOutput CompressedSparseAttentionImpl::run(const torch::Tensor& x
   // compressor rows [kv_a | z_a | kv_b | z_b]: [B, T, 4c]; padding: values 0, gates -inf
   torch::Tensor raw = kv_a(x);
   torch::Tensor rows = torch::cat({raw, z_a(x), kv_b(x), z_b(x)}, -1);
-  torch::Tensor zeros = torch::zeros({c}), gates = torch::full({c}, neg_inf);
+  torch::Tensor zeros = torch::zeros({c}, rows.options());
+  torch::Tensor gates = torch::full({c}, neg_inf, rows.options());
   detail::NewBlocks blocks =
       detail::take_blocks(state, rows, torch::cat({zeros, gates, zeros, gates}), r);
   torch::Tensor prev =
@@ -199,9 +201,7 @@ CompressedSparseOutput CompressedSparseAttentionImpl::run(const torch::Tensor& x
   // Fused path: each query gathers its selected entries and its window (gather kernel, sink in
   // the kernel). The masked dense form stays for the attention weights and the reference
   // backend, and runs the dtypes the kernels do not cover.
-  const bool gather = !need_weights && functional::fused_backend_selected() &&
-                      x.device().is_cpu() &&
-                      (q.scalar_type() == torch::kFloat || q.scalar_type() == torch::kBFloat16);
+  const bool gather = !need_weights && functional::sparse_kernels_available(q);
   if (gather) {
     torch::Tensor entry_indices;
     {

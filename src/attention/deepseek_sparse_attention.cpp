@@ -156,9 +156,8 @@ DeepSeekSparseOutput DeepSeekSparseAttentionImpl::run(const torch::Tensor& x,
   // Fused path: every query attends to its selected keys only (gather kernel, O(T K) instead of
   // O(T Tk)). The masked dense call stays for the attention weights, an additive attn_mask, the
   // reference backend and the dtypes the kernels do not cover.
-  const bool gather = !need_aux && !attn.bias().defined() && functional::fused_backend_selected() &&
-                      x.device().is_cpu() &&
-                      (q.scalar_type() == torch::kFloat || q.scalar_type() == torch::kBFloat16);
+  const bool gather =
+      !need_aux && !attn.bias().defined() && functional::sparse_kernels_available(q);
   if (gather) {
     // The fused indexer scores every visible key and keeps the top K per query without a
     // [T, Tk] score matrix; its one list per query is shared by all heads (kv head h serves
@@ -171,31 +170,13 @@ DeepSeekSparseOutput DeepSeekSparseAttentionImpl::run(const torch::Tensor& x,
     if (attn.mask().defined()) select.mask(attn.mask().squeeze(1));
     torch::Tensor selected_indices = functional::index_topk(
         index_qw.first.unsqueeze(1), index_k, index_qw.second.unsqueeze(1), select);  // [B,1,T,K]
-    // Under the causal rule (full sequence, no mask) the first queries list most of the keys
-    // before them: those of the first R = 1.5 K run on the flash kernel, with their lists as a
-    // keep mask over keys [0, R), and the gather kernel takes the rest. At T = 16K, K = 2048
-    // that saved 0.1 s of 1.75 (the flash kernel, over 2.5x faster per FLOP, wins where lists
-    // cover more than about 2/3 of the visible keys).
-    const int64_t R = o.causal() && !attn.mask().defined() && !state ? std::min(T, K + K / 2) : 0;
-    torch::Tensor heads = torch::empty({B, T, H, hd}, q.options());  // [B, T, H, hd]
-    if (R > 0) {
-      torch::Tensor lists =
-          selected_indices.narrow(2, 0, R).squeeze(1).to(torch::kLong);  // [B, R, K]
-      torch::Tensor keep = torch::zeros({B, R, R + 1}, x.options().dtype(torch::kBool));
-      keep.scatter_(2, lists.masked_fill(lists < 0, R), true);  // -1 -> a spare column
-      auto opts = DotProductAttentionOptions().mask(keep.narrow(2, 0, R).unsqueeze(1));
-      heads.narrow(1, 0, R).copy_(functional::dot_product_attention(
-                                      q.narrow(2, 0, R), k.narrow(2, 0, R), v.narrow(2, 0, R), opts)
-                                      .output.transpose(1, 2));
-    }
-    if (R < T) {
-      heads.narrow(1, R, T - R)
-          .copy_(functional::gather_attention(q.narrow(2, R, T - R), k, v,
-                                              selected_indices.narrow(2, R, T - R))
-                     .output.transpose(1, 2));
-    }
+    // A whole causal prefill splits its queries between the flash and gather kernels.
+    torch::Tensor heads =
+        o.causal() && !attn.mask().defined() && !state
+            ? functional::causal_topk_attention(q, k, v, selected_indices)
+            : functional::gather_attention(q, k, v, selected_indices).output.transpose(1, 2);
     DeepSeekSparseOutput out;
-    out.output = proj(heads.view({B, T, D}));
+    out.output = proj(heads.reshape({B, T, D}));
     return out;
   }
 

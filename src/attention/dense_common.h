@@ -41,8 +41,8 @@ struct GroupedSpec {
   int64_t head_dim = 0;
   bool causal = false;
   double dropout = 0.0;
-  c10::optional<int64_t> window_left;
-  c10::optional<int64_t> window_right;
+  std::optional<int64_t> window_left;
+  std::optional<int64_t> window_right;
 };
 
 /// The layers of one grouped module; optional ones are null / undefined.

@@ -71,21 +71,11 @@ void GatedAttentionImpl::pretty_print(std::ostream& stream) const {
          << ")";
 }
 
-std::shared_ptr<torch::nn::Module> GatedAttentionImpl::clone(
-    const c10::optional<torch::Device>& device) const {
-  auto inner = std::dynamic_pointer_cast<AttentionImpl>(attn->clone(device));
+std::shared_ptr<AttentionImpl> GatedAttentionImpl::construct_like() const {
+  auto inner = std::dynamic_pointer_cast<AttentionImpl>(attn->clone());
   TORCH_CHECK(inner, kName, ": clone of the wrapped ", attn->mechanism(),
               " is not an AttentionImpl");
-  auto copy = std::make_shared<GatedAttentionImpl>(Attention(inner), options);
-  torch::NoGradGuard no_grad;
-  auto from = named_parameters();
-  for (auto& p : copy->named_parameters()) {
-    if (p.key().rfind("attn.", 0) == 0) continue;  // already cloned with attn
-    p.value().copy_(from[p.key()]);
-  }
-  if (device) copy->to(*device);
-  copy->train(is_training());
-  return copy;
+  return std::make_shared<GatedAttentionImpl>(Attention(inner), options);
 }
 
 torch::Tensor GatedAttentionImpl::gate_values(const torch::Tensor& x) {

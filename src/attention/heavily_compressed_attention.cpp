@@ -94,7 +94,8 @@ AttentionOutput HeavilyCompressedAttentionImpl::run(const torch::Tensor& x,
   torch::Tensor raw = kv(x);
   torch::Tensor rows = torch::cat({raw, z(x)}, -1);
   torch::Tensor pad_row =
-      torch::cat({torch::zeros({c}), torch::full({c}, -std::numeric_limits<double>::infinity())});
+      torch::cat({torch::zeros({c}, rows.options()),
+                  torch::full({c}, -std::numeric_limits<double>::infinity(), rows.options())});
   detail::NewBlocks blocks = detail::take_blocks(state, rows, pad_row, r);
   torch::Tensor fresh = detail::finish_entries(
       spec, detail::compress_blocks(blocks.rows, pos_bias, r), kv_norm, blocks.first_entry);

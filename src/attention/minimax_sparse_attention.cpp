@@ -181,9 +181,8 @@ MiniMaxSparseOutput MiniMaxSparseAttentionImpl::run(const torch::Tensor& x,
   // then each query attends to the tokens of its blocks through the gather kernel (O(T K bs)
   // instead of O(T Tk)). The masked dense call stays for the attention weights, an additive
   // attn_mask, the reference backend and the dtypes the kernels do not cover.
-  const bool gather = !need_aux && !attn.bias().defined() && functional::fused_backend_selected() &&
-                      x.device().is_cpu() &&
-                      (qm.scalar_type() == torch::kFloat || qm.scalar_type() == torch::kBFloat16);
+  const bool gather =
+      !need_aux && !attn.bias().defined() && functional::sparse_kernels_available(qm);
   if (gather) {
     torch::Tensor mask = attn.mask().defined() ? attn.mask().squeeze(1) : torch::Tensor();
     auto select = functional::IndexTopkOptions()
@@ -213,6 +212,7 @@ MiniMaxSparseOutput MiniMaxSparseAttentionImpl::run(const torch::Tensor& x,
       return out;
     }
     const int64_t nsel = sel.size(-1);
+    // Chunks of queries whose token lists hold about 4M int64 entries (32 MB) each.
     const int64_t rows = std::max<int64_t>(1, (int64_t{1} << 22) / (B * Gk * nsel * bs));
     torch::Tensor offsets = torch::arange(bs, i64);
     std::vector<torch::Tensor> outs;

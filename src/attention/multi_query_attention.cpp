@@ -3,7 +3,7 @@
 namespace attnkit {
 
 MultiQueryAttentionImpl::MultiQueryAttentionImpl(MultiQueryAttentionOptions options)
-    : ProjectedAttentionImpl(std::move(options), /*num_kv_heads=*/1, "MultiQueryAttention") {
+    : AttentionCloneable(std::move(options), /*num_kv_heads=*/1, "MultiQueryAttention") {
   reset();
 }
 

@@ -69,7 +69,7 @@ void SlotAttentionImpl::pretty_print(std::ostream& stream) const {
 }
 
 torch::Tensor SlotAttentionImpl::forward(const torch::Tensor& inputs,
-                                         c10::optional<at::Generator> generator) {
+                                         std::optional<at::Generator> generator) {
   const int64_t D = options.dim(), S = options.num_slots();
   TORCH_CHECK(inputs.defined(), kName, ": inputs are undefined");
   TORCH_CHECK(inputs.dim() == 3, kName,
@@ -85,7 +85,10 @@ torch::Tensor SlotAttentionImpl::forward(const torch::Tensor& inputs,
   const int64_t B = inputs.size(0);
 
   // slots <- mu + sigma * noise: [B, S, D]
-  torch::Tensor noise = torch::randn({B, S, D}, generator, inputs.options());
+  // Drawn on the generator's device, so a CPU generator gives the same slots on every device.
+  const torch::Device draw_on = generator ? generator->device() : inputs.device();
+  torch::Tensor noise =
+      torch::randn({B, S, D}, generator, inputs.options().device(draw_on)).to(inputs.device());
   torch::Tensor slots = slot_mu + slot_log_sigma.exp() * noise;
 
   torch::Tensor x = norm_input(inputs);

@@ -3,7 +3,7 @@
 namespace attnkit {
 
 StandardAttentionImpl::StandardAttentionImpl(StandardAttentionOptions options)
-    : ProjectedAttentionImpl(std::move(options), /*num_kv_heads=*/0, "StandardAttention") {
+    : AttentionCloneable(std::move(options), /*num_kv_heads=*/0, "StandardAttention") {
   reset();
 }
 

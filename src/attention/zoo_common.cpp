@@ -46,7 +46,7 @@ torch::Tensor apply_rope(const RotaryEmbedding* rope, const torch::Tensor& heads
   return rope->apply(heads.transpose(1, 2), offset).transpose(1, 2);  // apply takes [B, T, H, hd]
 }
 
-void print_rope(std::ostream& stream, const c10::optional<RopeOptions>& rope) {
+void print_rope(std::ostream& stream, const std::optional<RopeOptions>& rope) {
   if (rope) {
     stream << *rope;
   } else {

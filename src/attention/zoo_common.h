@@ -1,5 +1,5 @@
 #pragma once
-// Shared plumbing of the attzoo-family mechanisms (mechanisms.md section 3): multi-head q/k/v/o
+// Shared plumbing of the attzoo-family mechanisms (docs/catalog.md): multi-head q/k/v/o
 // projections of width dim, per-call masks merged into a pattern mask, and the attention call.
 // Private to the library.
 
@@ -25,7 +25,7 @@ struct ZooLayers {
 torch::Tensor apply_rope(const RotaryEmbedding* rope, const torch::Tensor& heads, int64_t offset);
 
 /// Prints an optional rope as its options or "none".
-void print_rope(std::ostream& stream, const c10::optional<RopeOptions>& rope);
+void print_rope(std::ostream& stream, const std::optional<RopeOptions>& rope);
 
 /// Registers q_proj, k_proj, v_proj, o_proj (each Linear(dim, dim)) on `module` and stores them
 /// in the module's members of those names.

@@ -281,11 +281,10 @@ torch::Tensor BlockMask::to_dense() const {
   torch::Tensor ar = torch::arange(nkb, torch::TensorOptions().dtype(torch::kInt));
   // Entry n of an index list is valid when n < count.
   torch::Tensor valid = ar.view({1, 1, 1, nkb}) < kv_num_blocks.unsqueeze(-1);
-  dense.scatter_(3, kv_indices.to(torch::kLong), valid.to(torch::kChar), /*reduce=*/"add");
+  dense.scatter_add_(3, kv_indices.to(torch::kLong), valid.to(torch::kChar));
   if (full_kv_indices.defined()) {
     torch::Tensor fvalid = ar.view({1, 1, 1, nkb}) < full_kv_num_blocks.unsqueeze(-1);
-    dense.scatter_(3, full_kv_indices.to(torch::kLong), (fvalid.to(torch::kChar) * 2),
-                   /*reduce=*/"add");
+    dense.scatter_add_(3, full_kv_indices.to(torch::kLong), fvalid.to(torch::kChar) * 2);
   }
   return dense;
 }
@@ -442,14 +441,6 @@ torch::Tensor defined_or_empty(const torch::Tensor& t) {
 }
 
 }  // namespace
-
-bool fused_backend_selected() {
-  const char* env = std::getenv("ATTNKIT_BACKEND");
-  if (env == nullptr || *env == '\0' || std::strcmp(env, "fused") == 0) return true;
-  if (std::strcmp(env, "reference") == 0) return false;
-  TORCH_CHECK(false, "attnkit: ATTNKIT_BACKEND must be reference or fused, got '", env, "'");
-  return false;
-}
 
 FlexAttentionResult flex_attention(const torch::Tensor& q,
                                    const torch::Tensor& k,

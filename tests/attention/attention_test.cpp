@@ -15,12 +15,17 @@ namespace {
 using ::testing::HasSubstr;
 
 // A mechanism that implements only the required part of the base class.
-class MinimalImpl : public torch::nn::Cloneable<MinimalImpl>, public AttentionImpl {
+class MinimalImpl : public AttentionImpl {
  public:
   void reset() override {}
   torch::Tensor forward(const torch::Tensor& x) override { return x * 2; }
   std::string mechanism() const override { return "Minimal"; }
   int64_t dim() const override { return 4; }
+
+ protected:
+  std::shared_ptr<AttentionImpl> construct_like() const override {
+    return std::make_shared<MinimalImpl>();
+  }
 };
 ATTNKIT_ATTENTION_MODULE(Minimal);
 

@@ -9,6 +9,7 @@
 #include <torch/torch.h>
 
 #include "support/contract.h"
+#include "support/tolerance.h"
 
 #include <cmath>
 #include <sstream>
@@ -73,8 +74,7 @@ TEST(CombinedAttention, MatchesNaiveReimplementation) {
   // a mask reaches both modules
   torch::Tensor keep = torch::ones({8, 8}, torch::kBool).tril();
   torch::Tensor g = mix->gate_values(x);
-  EXPECT_LT(max_abs_diff(mix(x, keep), g * mix->attn_a(x, keep) + (1 - g) * mix->attn_b(x, keep)),
-            1e-6);
+  EXPECT_TRUE(testing::close(mix(x, keep), g * mix->attn_a(x, keep) + (1 - g) * mix->attn_b(x, keep)));
 }
 
 TEST(CombinedAttention, ParametersPrintAndClone) {

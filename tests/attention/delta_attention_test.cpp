@@ -67,7 +67,7 @@ torch::Tensor naive_row(const torch::Tensor& q,
   return out;
 }
 
-// mechanisms.md 2.10 written out on the module's weights.
+// docs/catalog.md, "Delta attention", written out on the module's weights.
 torch::Tensor naive_delta(DeltaAttention& attn, const torch::Tensor& x) {
   torch::NoGradGuard no_grad;
   const auto& o = attn->options;

@@ -5,6 +5,7 @@
 #include <torch/torch.h>
 
 #include "support/contract.h"
+#include "support/tolerance.h"
 #include "support/naive.h"
 #include "support/zoo_naive.h"
 
@@ -59,7 +60,7 @@ TEST(DilatedAttention, MatchesNaiveReimplementation) {
     AttentionOutput out = attn->forward_with_aux(x);
     auto expected = naive_dilated(attn, x);
     EXPECT_LT(max_abs_diff(out.output, expected.output), 1e-5) << "rate " << r;
-    EXPECT_LT(max_abs_diff(out.attn_weights, expected.weights), 1e-6) << "rate " << r;
+    EXPECT_TRUE(testing::close(out.attn_weights, expected.weights)) << "rate " << r;
   }
 }
 

@@ -5,6 +5,7 @@
 #include <torch/torch.h>
 
 #include "support/contract.h"
+#include "support/tolerance.h"
 #include "support/naive.h"
 #include "support/zoo_naive.h"
 
@@ -73,7 +74,7 @@ TEST(LocalAttention, MatchesNaiveReimplementation) {
       });
       AttentionOutput out = attn->forward_with_aux(x);
       EXPECT_LT(max_abs_diff(out.output, expected.first), 1e-5) << causal << " w " << w;
-      EXPECT_LT(max_abs_diff(out.attn_weights, expected.second), 1e-6) << causal << " w " << w;
+      EXPECT_TRUE(testing::close(out.attn_weights, expected.second)) << causal << " w " << w;
     }
   }
 }

@@ -36,7 +36,8 @@ ATTNKIT_CONTRACT_SUITE(
                  },
                  false});
 
-// mechanisms.md 6.6 with DeepSeek's layouts, by hand on the module's weights.
+// docs/catalog.md, "Multi-head latent attention", with DeepSeek's layouts, by hand on the
+// module's weights.
 TEST(MultiHeadLatentAttention, MatchesNaiveReimplementation) {
   torch::manual_seed(0);
   MultiHeadLatentAttention attn(small_options());

@@ -78,7 +78,8 @@ TEST(SlotAttention, GeneratorMakesRunsReproducible) {
   EXPECT_TRUE(torch::equal(slots->forward(x, seeded(5)), g3));
 }
 
-// mechanisms.md 2.12 with the noise of a seeded generator, composed from plain torch ops.
+// docs/catalog.md, "Slot attention", with the noise of a seeded generator, composed from
+// plain torch ops.
 TEST(SlotAttention, MatchesSpecComposition) {
   torch::manual_seed(3);
   SlotAttention slots(SlotAttentionOptions(8, 3).num_iters(2).hidden_dim(4));

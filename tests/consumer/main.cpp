@@ -15,6 +15,20 @@ int main() {
     std::cerr << "consumer: unexpected output " << y.sizes() << "\n";
     return 1;
   }
+  // A deep copy through the torch::nn::Module interface computes the same function.
+  auto copy = std::dynamic_pointer_cast<attnkit::AttentionImpl>(attn->clone());
+  if (!copy || !torch::equal(copy->forward(torch::ones({1, 3, 32})),
+                             attn->forward(torch::ones({1, 3, 32})))) {
+    std::cerr << "consumer: clone() differs from the original\n";
+    return 1;
+  }
+  // The fused kernels follow torch::set_num_threads: one OpenMP runtime.
+  torch::set_num_threads(1);
+  if (attnkit::kernel_threads() != 1 || attnkit::openmp_runtimes().size() != 1) {
+    std::cerr << "consumer: kernel threads " << attnkit::kernel_threads() << ", "
+              << attnkit::openmp_runtimes().size() << " OpenMP runtimes\n";
+    return 1;
+  }
   std::cout << "consumer: ok " << y.sizes() << "\n";
   return 0;
 }

@@ -1,4 +1,4 @@
-// Tests for include/attnkit/core/low_rank_projection.h: y = up(rms(down(x))), mechanisms.md 6.5.
+// Tests for include/attnkit/core/low_rank_projection.h: y = up(rms(down(x))) (docs/catalog.md).
 
 #include <attnkit/core/low_rank_projection.h>
 

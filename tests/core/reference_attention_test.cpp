@@ -1,5 +1,6 @@
 // Tests for include/attnkit/core/reference_attention.h against a per-element loop implementation
-// (softmax over the visible keys, mechanisms.md 1 and 6.3) and against small torch compositions.
+// (softmax over the visible keys, docs/catalog.md, "Scaled dot-product attention") and
+// against small torch compositions.
 
 #include <attnkit/core/reference_attention.h>
 
@@ -135,11 +136,11 @@ struct Case {
   std::string name;
   int64_t B = 2, Hq = 2, Hkv = 2, Tq = 5, Tk = 5, D = 8, Dv = 8;
   bool causal = false;
-  c10::optional<int64_t> window_left, window_right;
+  std::optional<int64_t> window_left, window_right;
   bool sinks = false;
   MaskKind mask = MaskKind::kNone;
   BiasKind bias = BiasKind::kNone;
-  c10::optional<double> scale;
+  std::optional<double> scale;
   torch::Dtype dtype = torch::kDouble;
 };
 
@@ -259,10 +260,10 @@ TEST_F(ReferenceAttentionTest, QueryHeadReadsKvHeadIntegerDivision) {
 TEST_F(ReferenceAttentionTest, WindowEdgesAreExact) {
   struct Window {
     int64_t Tq, Tk, left;
-    c10::optional<int64_t> right;  // unset = causal
+    std::optional<int64_t> right;  // unset = causal
   };
   for (const Window& w : std::vector<Window>{
-           {12, 12, 3, c10::nullopt}, {3, 8, 2, c10::nullopt}, {10, 10, 1, 2}, {10, 10, 0, 0}}) {
+           {12, 12, 3, std::nullopt}, {3, 8, 2, std::nullopt}, {10, 10, 1, 2}, {10, 10, 0, 0}}) {
     SCOPED_TRACE("Tq=" + std::to_string(w.Tq) + " Tk=" + std::to_string(w.Tk) +
                  " left=" + std::to_string(w.left));
     DotProductAttentionOptions o;
@@ -288,10 +289,18 @@ TEST_F(ReferenceAttentionTest, WindowEdgesAreExact) {
         }
       }
       // The two edges named explicitly.
-      if (pos - w.left >= 0) EXPECT_GT(wa[i][pos - w.left], 0.0);
-      if (pos - w.left - 1 >= 0) EXPECT_EQ(wa[i][pos - w.left - 1], 0.0);
-      if (pos + right < w.Tk) EXPECT_GT(wa[i][pos + right], 0.0);
-      if (pos + right + 1 < w.Tk) EXPECT_EQ(wa[i][pos + right + 1], 0.0);
+      if (pos - w.left >= 0) {
+        EXPECT_GT(wa[i][pos - w.left], 0.0);
+      }
+      if (pos - w.left - 1 >= 0) {
+        EXPECT_EQ(wa[i][pos - w.left - 1], 0.0);
+      }
+      if (pos + right < w.Tk) {
+        EXPECT_GT(wa[i][pos + right], 0.0);
+      }
+      if (pos + right + 1 < w.Tk) {
+        EXPECT_EQ(wa[i][pos + right + 1], 0.0);
+      }
     }
   }
 }
@@ -386,7 +395,9 @@ TEST_F(ReferenceAttentionTest, FullyMaskedRowGivesZerosMinusInfLseAndFiniteGrads
     }
     // The masked query row receives no gradient.
     EXPECT_TRUE(torch::equal(q.grad()[0][1][2], torch::zeros({8})));
-    if (with_sink) EXPECT_TRUE(torch::isfinite(sinks.grad()).all().item<bool>());
+    if (with_sink) {
+      EXPECT_TRUE(torch::isfinite(sinks.grad()).all().item<bool>());
+    }
   }
   // Rows masked by causality alone (Tq > Tk): same contract.
   torch::Tensor q = torch::randn({1, 1, 5, 4}, torch::requires_grad());

@@ -1,5 +1,5 @@
 // Tests for include/attnkit/core/rms_norm.h against a plain-loop RMSNorm written from the formula
-// y = x * rsqrt(mean(x^2) + eps) * w  (w + 1 when zero-centered), mechanisms.md 6.1.
+// y = x * rsqrt(mean(x^2) + eps) * w  (w + 1 when zero-centered), docs/catalog.md, "RMSNorm".
 
 #include <attnkit/core/rms_norm.h>
 

@@ -1,5 +1,5 @@
 // Tests for include/attnkit/core/rope.h against plain-loop rotations and inverse frequencies
-// written from mechanisms.md 1 and 6.2.
+// written from docs/catalog.md, "Rotary embeddings".
 
 #include <attnkit/core/rope.h>
 
@@ -31,7 +31,8 @@ class RopeTest : public ::testing::Test {
   void SetUp() override { torch::manual_seed(0); }
 };
 
-// Inverse frequencies of mechanisms.md 6.2, one loop per scaling. d is the rope dim.
+// Inverse frequencies of docs/catalog.md, "Rotary embeddings", one loop per scaling. d is the
+// rope dim.
 std::vector<double> naive_inv_freq(const RopeOptions& o, int64_t d, double* mscale) {
   const int64_t half = d / 2;
   std::vector<double> inv(half);

@@ -68,7 +68,9 @@ TEST_P(FlashSweep, MatchesReferenceOnEveryIsaPath) {
   torch::Tensor q = make_input(c.layout, c.B, c.Hq, c.Tq, c.D, c.dtype);
   torch::Tensor k = make_input(c.layout, c.B, c.Hkv, c.Tk, c.D, c.dtype);
   torch::Tensor v = make_input(c.layout, c.B, c.Hkv, c.Tk, c.Dv, c.dtype);
-  if (c.layout != Layout::kContiguous) ASSERT_FALSE(q.is_contiguous());
+  if (c.layout != Layout::kContiguous) {
+    ASSERT_FALSE(q.is_contiguous());
+  }
 
   FlexAttentionOptions o;
   DotProductAttentionOptions ref;

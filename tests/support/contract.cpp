@@ -208,5 +208,69 @@ TEST_P(AttentionContract, BadInputIsRejected) {
   }
 }
 
+TEST_P(AttentionContract, CloneIsDeep) {
+  torch::manual_seed(11);
+  Attention m = GetParam().make();
+  m->eval();
+  torch::NoGradGuard no_grad;
+  torch::Tensor x = input_for(GetParam(), m);
+  torch::Tensor y = m(x);
+  auto copy = std::dynamic_pointer_cast<AttentionImpl>(m->clone());
+  ASSERT_TRUE(copy) << "clone() did not return an AttentionImpl";
+  EXPECT_EQ(copy->mechanism(), m->mechanism());
+  EXPECT_FALSE(copy->is_training());
+  Attention cloned(copy);
+  EXPECT_TRUE(torch::equal(cloned(x), y));
+  auto original = m->named_parameters();
+  ASSERT_EQ(copy->named_parameters().size(), original.size());
+  for (auto& p : copy->named_parameters()) {
+    ASSERT_NE(p.value().data_ptr(), original[p.key()].data_ptr()) << p.key() << " is shared";
+    p.value().add_(1.0);
+  }
+  EXPECT_TRUE(torch::equal(m(x), y)) << "changing the clone changed the original";
+}
+
+// Runs only where LibTorch sees a CUDA device: the same module and input on the CPU and on the
+// GPU, in float64 (so the bound is rounding only), forward, backward and decoding.
+TEST_P(AttentionContract, CudaMatchesCpu) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  const ContractCase& c = GetParam();
+  torch::manual_seed(12);
+  Attention cpu = c.make();
+  cpu->eval();
+  cpu->to(torch::kDouble);
+  const torch::Device cuda(torch::kCUDA);
+  Attention gpu(std::dynamic_pointer_cast<AttentionImpl>(cpu->clone(cuda)));
+  for (const auto& p : gpu->parameters()) ASSERT_TRUE(p.is_cuda());
+  torch::Tensor x = input_for(c, cpu).to(torch::kDouble);
+  torch::Tensor x_cpu = x.clone().requires_grad_(true);
+  torch::Tensor x_gpu = x.to(cuda).requires_grad_(true);
+  torch::Tensor y_cpu = cpu(x_cpu), y_gpu = gpu(x_gpu);
+  ASSERT_TRUE(y_gpu.is_cuda());
+  constexpr double kBound = 1e-9;
+  EXPECT_LT(max_abs_diff(y_gpu.cpu(), y_cpu), kBound) << "forward";
+  torch::Tensor g = torch::randn_like(y_cpu);
+  y_cpu.backward(g);
+  y_gpu.backward(g.to(cuda));
+  EXPECT_LT(max_abs_diff(x_gpu.grad().cpu(), x_cpu.grad()), kBound) << "input gradient";
+  auto gpu_params = gpu->named_parameters();
+  for (const auto& p : cpu->named_parameters()) {
+    const torch::Tensor& gg = gpu_params[p.key()].grad();
+    ASSERT_EQ(gg.defined(), p.value().grad().defined()) << p.key();
+    if (gg.defined()) {
+      EXPECT_LT(max_abs_diff(gg.cpu(), p.value().grad()), kBound) << p.key();
+    }
+  }
+  if (!gpu->supports_decoding()) return;
+  torch::NoGradGuard no_grad;
+  torch::Tensor full = gpu(x.to(cuda));
+  DecodeState state = gpu->init_state(c.batch_size);
+  std::vector<torch::Tensor> steps;
+  for (int64_t t = 0; t < c.seq_len; ++t) {
+    steps.push_back(gpu->forward(x.to(cuda).narrow(1, t, 1), state));
+  }
+  EXPECT_LT(max_abs_diff(torch::cat(steps, 1).cpu(), full.cpu()), kBound) << "decoding on CUDA";
+}
+
 }  // namespace testing
 }  // namespace attnkit

@@ -1,5 +1,5 @@
 #pragma once
-// Naive re-implementations written from the specification (mechanisms.md), with explicit loops
+// Naive re-implementations written from docs/catalog.md, with explicit loops
 // and no attnkit code, for comparisons on shared weights.
 
 #include <torch/torch.h>

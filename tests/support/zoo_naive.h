@@ -1,6 +1,6 @@
 #pragma once
 // A naive multi-head softmax attention for the attzoo-family tests (local, dilated, block,
-// Longformer, ALiBi, LSH), written from mechanisms.md section 3 with explicit loops in double
+// Longformer, ALiBi, LSH), written from docs/catalog.md with explicit loops in double
 // and no attnkit code: the module's q/k/v/o weights, a keep rule and an optional logit bias.
 
 #include <torch/torch.h>

@@ -1,6 +1,7 @@
 #pragma once
-// `attnkit bench`: the fused attention engine on one shape against the machine's sgemm and
-// against LibTorch's composed attention (matmul, softmax, matmul), as ratios from one run.
+// `attnkit bench`: the fused attention engine on one shape against the machine's limits (sgemm,
+// the FMA peak, from bench/machine_limits.h) and against LibTorch's composed attention (matmul,
+// softmax, matmul), as ratios from one run.
 
 #include <cstdint>
 #include <ostream>
@@ -21,8 +22,10 @@ struct BenchOptions {
   uint64_t seed = 0;
 };
 
-/// Prints the fused forward's time and FLOP/s, sgemm's FLOP/s (a 2048^3 torch::mm), the composed
-/// path's time, and the ratios. Returns the exit code; bad options throw.
+/// Prints the fused forward's time and FLOP/s, the composed path's time, the machine's limits
+/// measured in this process (sgemm: a 2048^3 at::mm; the FMA peak on 1 and on all threads; the
+/// streaming read; the BLAS and what is known of its kernel), and the fused forward's ratios to
+/// them. Returns the exit code; bad options throw.
 int run_bench(const BenchOptions& options, std::ostream& out);
 
 }  // namespace attnkit::cli

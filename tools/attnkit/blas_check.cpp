@@ -1,7 +1,9 @@
 #include "blas_check.h"
 
+// blas_info(): BLAS_INFO of at::show_config() and the MKL version (header-only, not library API).
+#include "machine_limits.h"
+
 #include <fstream>
-#include <sstream>
 
 namespace attnkit::cli {
 
@@ -18,9 +20,8 @@ std::string parent_dir_name(const std::string& path) {
   return basename_of(path.substr(0, slash));
 }
 
-}  // namespace
-
-std::string mapped_blas_library() {
+// The libblas (else libopenblas) mapped into this process, from /proc/self/maps; "" if none.
+std::string mapped_libblas() {
   // A maps line: address perms offset dev inode path. The path is the resolved file, so the
   // alternatives symlinks are already followed.
   std::ifstream maps("/proc/self/maps");
@@ -38,8 +39,31 @@ std::string mapped_blas_library() {
   return libopenblas;
 }
 
+bool built_with_mkl(const machine_limits::BlasInfo& info) { return info.name == "mkl"; }
+
+}  // namespace
+
+std::string mapped_blas_library() {
+  const machine_limits::BlasInfo info = machine_limits::blas_info();
+  if (built_with_mkl(info)) {
+    // "Intel(R) oneAPI Math Kernel Library Version 2024.2-Product Build 20240605"
+    // -> "MKL 2024.2-Product Build 20240605"
+    const size_t v = info.version.find("Version ");
+    std::string text = "MKL";
+    if (v != std::string::npos) {
+      text.append(" ").append(info.version, v + 8, std::string::npos);
+    } else if (!info.version.empty()) {
+      text.append(" ").append(info.version);
+    }
+    if (!info.library.empty()) text.append(" in ").append(info.library);
+    return text;
+  }
+  return mapped_libblas();
+}
+
 std::string blas_warning() {
-  const std::string path = mapped_blas_library();
+  if (built_with_mkl(machine_limits::blas_info())) return "";
+  const std::string path = mapped_libblas();
   // Debian's reference BLAS lives in .../blas/libblas.so.3; OpenBLAS, BLIS and ATLAS in
   // directories of their own.
   if (path.empty() || parent_dir_name(path) != "blas") return "";

@@ -20,7 +20,7 @@ std::string lower(std::string text) {
 constexpr int64_t kNumSlots = 8;
 
 // The table: one entry per mechanism, the dense family first, then in the order of
-// reference/mechanisms.md. Sequence mechanisms return an Attention, set-to-set ones a SetModule.
+// docs/catalog.md. Sequence mechanisms return an Attention, set-to-set ones a SetModule.
 // The sparse settings suit the tour's seq 256 (block sizes dividing it, top_k well below it) and
 // stay valid for any seq.
 std::vector<Mechanism> make_table() {

@@ -1,7 +1,7 @@
 #pragma once
 // ALiBi: attention with linear biases (Press et al., 2022, "Train Short, Test Long"): no
-// position embedding; each head adds -m_h * distance to its logits. attzoo's AlibiSelfAttention
-// (mechanisms.md section 3), with the causal form of the paper.
+// position embedding; each head adds -m_h * distance to its logits. attzoo's AlibiSelfAttention,
+// with the causal form of the paper (docs/catalog.md, "ALiBi attention").
 
 #include <attnkit/attention/attention.h>
 
@@ -58,7 +58,7 @@ struct ALiBiAttentionOptions {
 /// Deviations from attzoo: num_heads = 1 uses the standard slope 2^-8 (attzoo: 1.0); dropout
 /// defaults to 0 (attzoo: 0.1 on the weights); a query that sees no key gives zeros (attzoo:
 /// NaN).
-class ALiBiAttentionImpl : public torch::nn::Cloneable<ALiBiAttentionImpl>, public AttentionImpl {
+class ALiBiAttentionImpl : public AttentionCloneable<ALiBiAttentionImpl> {
  public:
   explicit ALiBiAttentionImpl(ALiBiAttentionOptions options);
   ALiBiAttentionImpl(int64_t dim, int64_t num_heads);

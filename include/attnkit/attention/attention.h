@@ -9,6 +9,7 @@
 #include <torch/types.h>
 
 #include <memory>
+#include <optional>
 #include <string>
 
 namespace attnkit {
@@ -23,10 +24,19 @@ struct AttentionOutput {
 };
 
 /// Abstract base of sequence-to-sequence attention mechanisms: x [B, T, dim] -> [B, T, dim].
-/// Concrete mechanisms derive from `torch::nn::Cloneable<FooImpl>` and from this class.
-class AttentionImpl : public virtual torch::nn::Module {
+/// It is a plain `torch::nn::Module` (no virtual inheritance), so each mechanism holds exactly one
+/// Module. Concrete mechanisms derive from `AttentionCloneable<FooImpl>` (below), which supplies
+/// the deep-copying `clone()` that `torch::nn::Cloneable` gives other modules.
+class AttentionImpl : public torch::nn::Module {
  public:
   ~AttentionImpl() override = default;
+
+  /// Registers every parameter, buffer and submodule (as `torch::nn::Cloneable::reset`).
+  virtual void reset() = 0;
+  /// A deep copy: a module built afresh from the same options, into which every parameter and
+  /// buffer is copied by name, moved to `device` if given, in the same training mode.
+  std::shared_ptr<torch::nn::Module> clone(
+      const std::optional<torch::Device>& device = std::nullopt) const override;
 
   /// x: [B, T, dim] -> [B, T, dim]
   virtual torch::Tensor forward(const torch::Tensor& x) = 0;
@@ -49,10 +59,28 @@ class AttentionImpl : public virtual torch::nn::Module {
   virtual int64_t dim() const = 0;
 
  protected:
+  /// A newly constructed module with this one's options (and fresh parameters); clone() copies
+  /// this module's values into it. AttentionCloneable implements it for mechanisms built from
+  /// their `options`; wrappers build theirs around a clone of the wrapped module.
+  virtual std::shared_ptr<AttentionImpl> construct_like() const = 0;
   /// An empty state owned by this module; raises unless supports_decoding().
   DecodeState new_state(int64_t batch_size) const;
   /// Raises unless `state` was made by this module's init_state for x's batch size.
   void check_state(const DecodeState& state, const torch::Tensor& x) const;
+};
+
+/// The base of a concrete mechanism `Derived` constructible from its public `options` member:
+///   class FooImpl : public AttentionCloneable<FooImpl> { ... FooOptions options; };
+/// `Base` lets mechanisms share an intermediate base (ProjectedAttentionImpl).
+template <typename Derived, typename Base = AttentionImpl>
+class AttentionCloneable : public Base {
+ public:
+  using Base::Base;
+
+ protected:
+  std::shared_ptr<AttentionImpl> construct_like() const override {
+    return std::make_shared<Derived>(static_cast<const Derived&>(*this).options);
+  }
 };
 
 /// Declares the module holder `Name` for `NameImpl`, like TORCH_MODULE, with call operators for

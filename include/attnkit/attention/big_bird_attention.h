@@ -2,7 +2,7 @@
 // BigBird block-sparse attention (Zaheer et al., 2020, "Big Bird: Transformers for Longer
 // Sequences"), the internal-global-token (ITC) form: every query block sees a few global
 // blocks, a window of neighbour blocks and a few random blocks. attnhut's BigBirdAttention
-// (mechanisms.md 2.4).
+// (docs/catalog.md, "BigBird attention").
 
 #include <attnkit/attention/attention.h>
 
@@ -55,8 +55,7 @@ struct BigBirdAttentionOptions {
 /// Deviations from attnhut: masked logits are -inf (fully masked rows still give zeros);
 /// the sequence is not zero-padded to a multiple of block_size (padded keys were masked and
 /// padded rows cut, so the outputs are the same).
-class BigBirdAttentionImpl : public torch::nn::Cloneable<BigBirdAttentionImpl>,
-                             public AttentionImpl {
+class BigBirdAttentionImpl : public AttentionCloneable<BigBirdAttentionImpl> {
  public:
   explicit BigBirdAttentionImpl(BigBirdAttentionOptions options);
   BigBirdAttentionImpl(int64_t dim, int64_t num_heads);

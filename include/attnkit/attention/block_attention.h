@@ -1,8 +1,8 @@
 #pragma once
 // Block (chunked) self-attention: the sequence is cut into blocks and every token attends only
 // inside its block; with overlap, blocks advance by half a block and each token's output is
-// the average over the blocks that cover it. attzoo's BlockSelfAttention (mechanisms.md
-// section 3).
+// the average over the blocks that cover it. attzoo's BlockSelfAttention (docs/catalog.md,
+// "Block attention").
 
 #include <attnkit/attention/attention.h>
 #include <attnkit/core/rope.h>
@@ -36,7 +36,7 @@ struct BlockAttentionOptions {
   TORCH_ARG(bool, bias) = false;
   /// Rotary embedding on q and k of every head (attzoo's rope=True is
   /// RopeOptions().style(RopeStyle::kInterleaved)); unset means none. Default: nullopt
-  TORCH_ARG(c10::optional<RopeOptions>, rope) = c10::nullopt;
+  TORCH_ARG(std::optional<RopeOptions>, rope) = std::nullopt;
 };
 
 /// Block attention. x: [B, T, dim] -> [B, T, dim].
@@ -60,7 +60,7 @@ struct BlockAttentionOptions {
 /// of the blocks that cover it. attzoo silently replaces a non-positive block_size by 1 and a
 /// num_heads that does not divide dim by gcd(dim, num_heads); here both raise. Dropout defaults
 /// to 0 (attzoo: 0.1 on the weights); fully masked rows give zeros (attzoo: NaN).
-class BlockAttentionImpl : public torch::nn::Cloneable<BlockAttentionImpl>, public AttentionImpl {
+class BlockAttentionImpl : public AttentionCloneable<BlockAttentionImpl> {
  public:
   explicit BlockAttentionImpl(BlockAttentionOptions options);
   BlockAttentionImpl(int64_t dim, int64_t num_heads);
@@ -87,7 +87,7 @@ class BlockAttentionImpl : public torch::nn::Cloneable<BlockAttentionImpl>, publ
 
  private:
   AttentionOutput run(const torch::Tensor& x, const torch::Tensor& attn_mask, bool need_weights);
-  c10::optional<RotaryEmbedding> rope_;
+  std::optional<RotaryEmbedding> rope_;
 };
 ATTNKIT_ATTENTION_MODULE(BlockAttention);
 

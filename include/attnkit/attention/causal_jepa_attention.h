@@ -2,7 +2,7 @@
 // Causal-JEPA object-level masked attention (Nam et al., 2026): a predictor over a time x object
 // grid of slots that hides some objects across the history and the whole future, and rebuilds
 // them with bidirectional attention. Set to set: slots [B, Th, S, D] -> [B, Th + Tp, S, D].
-// attnhut's CausalJEPAAttention and cjepa_masked_loss (mechanisms.md 2.13).
+// attnhut's CausalJEPAAttention and cjepa_masked_loss (docs/catalog.md, "Causal-JEPA attention").
 
 #include <attnkit/attention/standard_attention.h>
 

@@ -1,6 +1,6 @@
 #pragma once
 // A learned per-token mix of two attention modules: y = g * A(x) + (1 - g) * B(x).
-// attzoo's CombinedAttention (mechanisms.md section 3).
+// attzoo's CombinedAttention (docs/catalog.md, "Combined attention").
 
 #include <attnkit/attention/attention.h>
 #include <attnkit/attention/gated_attention.h>
@@ -33,16 +33,13 @@ struct CombinedAttentionOutput : AttentionOutput {
 /// weights (as attzoo); forward_with_aux_combined also returns attn_b's and the gate.
 /// No decoding: one DecodeState cannot hold the states of two modules.
 /// clone() deep-copies both wrapped modules.
-class CombinedAttentionImpl : public torch::nn::Cloneable<CombinedAttentionImpl>,
-                              public AttentionImpl {
+class CombinedAttentionImpl : public AttentionImpl {
  public:
   CombinedAttentionImpl(Attention attn_a, Attention attn_b, CombinedAttentionOptions options = {});
 
   void reset() override;
   void reset_parameters();
   void pretty_print(std::ostream& stream) const override;
-  std::shared_ptr<torch::nn::Module> clone(
-      const c10::optional<torch::Device>& device = c10::nullopt) const override;
 
   torch::Tensor forward(const torch::Tensor& x) override;
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& attn_mask) override;
@@ -58,6 +55,10 @@ class CombinedAttentionImpl : public torch::nn::Cloneable<CombinedAttentionImpl>
   CombinedAttentionOptions options;
   Attention attn_a{nullptr}, attn_b{nullptr};
   torch::nn::Sequential gate{nullptr};
+
+ protected:
+  /// Built around clones of the wrapped modules.
+  std::shared_ptr<AttentionImpl> construct_like() const override;
 
  private:
   torch::Tensor run(const torch::Tensor& x, const torch::Tensor& attn_mask);

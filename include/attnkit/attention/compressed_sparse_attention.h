@@ -46,7 +46,7 @@ struct CompressedSparseAttentionOptions {
   TORCH_ARG(double, norm_eps) = 1e-6;
   /// Partial RoPE on queries and KV entries, as in HeavilyCompressedAttentionOptions::rope (the
   /// indexer stays position-free); unset means none, as in attnhut. Default: nullopt
-  TORCH_ARG(c10::optional<RopeOptions>, rope) = c10::nullopt;
+  TORCH_ARG(std::optional<RopeOptions>, rope) = std::nullopt;
 };
 
 /// What `forward_with_aux_sparse` returns: the output, the attention weights, and the indexer.
@@ -58,7 +58,8 @@ struct CompressedSparseOutput : AttentionOutput {
   torch::Tensor selected;
 };
 
-/// Compressed sparse attention (mechanisms.md 2.9). x: [B, T, dim] -> [B, T, dim]. Always causal.
+/// Compressed sparse attention (docs/catalog.md, "Compressed sparse attention").
+/// x: [B, T, dim] -> [B, T, dim]. Always causal.
 /// With c = kv_dim, r = compression_rate:
 ///   comp[e]  = per channel softmax over 2r positions of [z_a(x)[block e] + bias_a ;
 ///              z_b(x)[block e-1] + bias_b] applied to [kv_a(x)[block e] ; kv_b(x)[block e-1]]
@@ -91,8 +92,7 @@ struct CompressedSparseOutput : AttentionOutput {
 /// incomplete block and the kv_b/z_b rows of the last complete block, and a ring of the last
 /// `window` raw KV rows; an entry appears when its block completes.
 /// forward_with_aux: attn_weights [B, H, T, nb + T] over [entries ; raw tokens].
-class CompressedSparseAttentionImpl : public torch::nn::Cloneable<CompressedSparseAttentionImpl>,
-                                      public AttentionImpl {
+class CompressedSparseAttentionImpl : public AttentionCloneable<CompressedSparseAttentionImpl> {
  public:
   explicit CompressedSparseAttentionImpl(CompressedSparseAttentionOptions options);
   CompressedSparseAttentionImpl(int64_t dim, int64_t num_heads);
@@ -128,7 +128,7 @@ class CompressedSparseAttentionImpl : public torch::nn::Cloneable<CompressedSpar
                              const torch::Tensor& attn_mask,
                              DecodeState* state,
                              bool need_weights);
-  c10::optional<RotaryEmbedding> rope_;
+  std::optional<RotaryEmbedding> rope_;
 };
 ATTNKIT_ATTENTION_MODULE(CompressedSparseAttention);
 

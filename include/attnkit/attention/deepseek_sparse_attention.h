@@ -1,8 +1,9 @@
 #pragma once
-// DeepSeek sparse attention (DeepSeek-AI, 2025, "DeepSeek-V3.2-Exp"; attnhut 2.5): a cheap
-// "lightning" indexer scores every (query, key) pair, each query keeps its top_k keys, and the
-// main multi-head attention runs over those keys only. The indexer is trained by a separate
+// DeepSeek sparse attention (DeepSeek-AI, 2025, "DeepSeek-V3.2-Exp"), as attnhut ports it: a
+// cheap "lightning" indexer scores every (query, key) pair, each query keeps its top_k keys, and
+// the main multi-head attention runs over those keys only. The indexer is trained by a separate
 // distillation loss (`dsa_index_aux_loss`), since the top-k selection passes no gradient.
+// See docs/catalog.md, "DeepSeek sparse attention".
 
 #include <attnkit/attention/attention.h>
 
@@ -111,8 +112,7 @@ struct DeepSeekSparseOutput : AttentionOutput {
 ///   auto aux = attn->forward_with_aux_sparse(x);
 ///   torch::Tensor loss = lm_loss(aux.output) + dsa_index_aux_loss(aux.index_scores,
 ///   aux.attn_weights);
-class DeepSeekSparseAttentionImpl : public torch::nn::Cloneable<DeepSeekSparseAttentionImpl>,
-                                    public AttentionImpl {
+class DeepSeekSparseAttentionImpl : public AttentionCloneable<DeepSeekSparseAttentionImpl> {
  public:
   explicit DeepSeekSparseAttentionImpl(DeepSeekSparseAttentionOptions options);
   DeepSeekSparseAttentionImpl(int64_t dim, int64_t num_heads);

@@ -1,7 +1,7 @@
 #pragma once
 // Delta attention (Willette et al., NeurIPS 2025): sliding-window plus sink attention, corrected
 // by the gap between full and sparse attention measured on every stride-th query.
-// attnhut's DeltaAttention (mechanisms.md 2.10).
+// attnhut's DeltaAttention (docs/catalog.md, "Delta attention").
 
 #include <attnkit/attention/attention.h>
 
@@ -45,7 +45,7 @@ struct DeltaAttentionOptions {
 /// w_sparse(r) + w_dense(a) - w_sparse(a) (rows sum to 1, entries may be negative).
 /// Deviation from attnhut: masked logits are -inf rather than a finite minimum (no row is ever
 /// fully masked here: window >= 1 keeps the query's own key).
-class DeltaAttentionImpl : public torch::nn::Cloneable<DeltaAttentionImpl>, public AttentionImpl {
+class DeltaAttentionImpl : public AttentionCloneable<DeltaAttentionImpl> {
  public:
   explicit DeltaAttentionImpl(DeltaAttentionOptions options);
   DeltaAttentionImpl(int64_t dim, int64_t num_heads);

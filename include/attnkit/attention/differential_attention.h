@@ -1,7 +1,7 @@
 #pragma once
 // Differential attention (Ye et al., 2024, "Differential Transformer"): each head subtracts a
 // second softmax map, scaled by a learned lambda, from the first, so common-mode attention noise
-// cancels. attnhut's DifferentialAttention (mechanisms.md 2.11).
+// cancels. attnhut's DifferentialAttention (docs/catalog.md, "Differential attention").
 
 #include <attnkit/attention/attention.h>
 
@@ -50,8 +50,7 @@ struct DifferentialAttentionOptions {
 /// decoding (cache: k [B, 2H, T, hd], v [B, H, T, 2hd]) are additions. forward_with_aux returns
 /// the differential map A_2i - lambda * A_2i+1 as attn_weights [B, H, T, T]: its rows sum to
 /// 1 - lambda, not 1, and it can be negative.
-class DifferentialAttentionImpl : public torch::nn::Cloneable<DifferentialAttentionImpl>,
-                                  public AttentionImpl {
+class DifferentialAttentionImpl : public AttentionCloneable<DifferentialAttentionImpl> {
  public:
   explicit DifferentialAttentionImpl(DifferentialAttentionOptions options);
   DifferentialAttentionImpl(int64_t dim, int64_t num_heads);

@@ -1,6 +1,6 @@
 #pragma once
 // Dilated self-attention: every query sees the keys at a multiple of the dilation rate from it,
-// in both directions. attzoo's DilatedSelfAttention (mechanisms.md section 3).
+// in both directions. attzoo's DilatedSelfAttention (docs/catalog.md, "Dilated attention").
 
 #include <attnkit/attention/attention.h>
 #include <attnkit/core/rope.h>
@@ -30,7 +30,7 @@ struct DilatedAttentionOptions {
   TORCH_ARG(bool, bias) = false;
   /// Rotary embedding on q and k of every head (attzoo's rope=True is
   /// RopeOptions().style(RopeStyle::kInterleaved)); unset means none. Default: nullopt
-  TORCH_ARG(c10::optional<RopeOptions>, rope) = c10::nullopt;
+  TORCH_ARG(std::optional<RopeOptions>, rope) = std::nullopt;
 };
 
 /// Dilated attention. x: [B, T, dim] -> [B, T, dim].
@@ -43,8 +43,7 @@ struct DilatedAttentionOptions {
 /// is added to the logits (as in attzoo).
 /// Deviations from attzoo: dropout defaults to 0 (attzoo: 0.1 on the returned weights); a
 /// query that sees no key gives zeros (attzoo: NaN); num_heads is required (attzoo: 1).
-class DilatedAttentionImpl : public torch::nn::Cloneable<DilatedAttentionImpl>,
-                             public AttentionImpl {
+class DilatedAttentionImpl : public AttentionCloneable<DilatedAttentionImpl> {
  public:
   explicit DilatedAttentionImpl(DilatedAttentionOptions options);
   DilatedAttentionImpl(int64_t dim, int64_t num_heads);
@@ -67,7 +66,7 @@ class DilatedAttentionImpl : public torch::nn::Cloneable<DilatedAttentionImpl>,
 
  private:
   AttentionOutput run(const torch::Tensor& x, const torch::Tensor& attn_mask, bool need_weights);
-  c10::optional<RotaryEmbedding> rope_;
+  std::optional<RotaryEmbedding> rope_;
 };
 ATTNKIT_ATTENTION_MODULE(DilatedAttention);
 

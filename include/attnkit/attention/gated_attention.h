@@ -1,6 +1,6 @@
 #pragma once
 // A highway gate around any attention module: y = g * Attn(x) + (1 - g) * x, with a per-token
-// learned gate g = sigmoid(G(x)). attzoo's GatedSelfAttention (mechanisms.md section 3).
+// learned gate g = sigmoid(G(x)). attzoo's GatedSelfAttention (docs/catalog.md, "Gated attention").
 
 #include <attnkit/attention/attention.h>
 
@@ -43,15 +43,13 @@ struct GatedAttentionOutput : AttentionOutput {
 /// forward(x, attn_mask) passes the mask to attn. Decoding works when attn supports it: the
 /// state is attn's (init_state delegates), and the gate is per token.
 /// clone() deep-copies the wrapped module.
-class GatedAttentionImpl : public torch::nn::Cloneable<GatedAttentionImpl>, public AttentionImpl {
+class GatedAttentionImpl : public AttentionImpl {
  public:
   explicit GatedAttentionImpl(Attention attn, GatedAttentionOptions options = {});
 
   void reset() override;
   void reset_parameters();
   void pretty_print(std::ostream& stream) const override;
-  std::shared_ptr<torch::nn::Module> clone(
-      const c10::optional<torch::Device>& device = c10::nullopt) const override;
 
   torch::Tensor forward(const torch::Tensor& x) override;
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& attn_mask) override;
@@ -71,6 +69,10 @@ class GatedAttentionImpl : public torch::nn::Cloneable<GatedAttentionImpl>, publ
   Attention attn{nullptr};
   torch::nn::Sequential gate{nullptr};
   torch::nn::Linear x_proj{nullptr};
+
+ protected:
+  /// Built around clones of the wrapped modules.
+  std::shared_ptr<AttentionImpl> construct_like() const override;
 
  private:
   torch::Tensor combine(const torch::Tensor& x, const torch::Tensor& attended);

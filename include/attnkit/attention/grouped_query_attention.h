@@ -34,19 +34,19 @@ struct GroupedQueryAttentionOptions {
   /// Bias on the q, k, v, gate and o projections. Default: false
   TORCH_ARG(bool, bias) = false;
   /// Per-head RMSNorm on q and k with this epsilon; unset means none. Default: nullopt
-  TORCH_ARG(c10::optional<double>, qk_norm_eps) = c10::nullopt;
+  TORCH_ARG(std::optional<double>, qk_norm_eps) = std::nullopt;
   /// Store the QK norm weights zero-centered (applied as 1 + w; Qwen 3.5). Default: false
   TORCH_ARG(bool, qk_norm_zero_centered) = false;
   /// Rotary embedding on q and k; unset means none. Default: nullopt
-  TORCH_ARG(c10::optional<RopeOptions>, rope) = c10::nullopt;
+  TORCH_ARG(std::optional<RopeOptions>, rope) = std::nullopt;
   /// Multiply the attention output by sigmoid(gate_proj(x)) before o_proj (Qwen 3.5). Default:
   /// false
   TORCH_ARG(bool, output_gate) = false;
   /// Sliding window: a query sees at most this many earlier keys; unset means all. Default: nullopt
-  TORCH_ARG(c10::optional<int64_t>, window_left) = c10::nullopt;
+  TORCH_ARG(std::optional<int64_t>, window_left) = std::nullopt;
   /// Sliding window: a query sees at most this many later keys (non-causal only); unset means
   /// all. Default: nullopt
-  TORCH_ARG(c10::optional<int64_t>, window_right) = c10::nullopt;
+  TORCH_ARG(std::optional<int64_t>, window_right) = std::nullopt;
   /// One learnable sink logit per query head (`sinks` [num_heads], zeros). Default: false
   TORCH_ARG(bool, sinks) = false;
 };
@@ -56,8 +56,7 @@ struct GroupedQueryAttentionOptions {
 /// v_proj [Hkv*hd, dim], o_proj [dim, H*hd]; with options: q_norm, k_norm [hd],
 /// gate_proj [H*hd, dim], sinks [H]. RoPE rotates the first rope.dim channels of each head by
 /// default (RopeChannels::kFirst), rotate-half style (RopeStyle::kHalf).
-class GroupedQueryAttentionImpl : public torch::nn::Cloneable<GroupedQueryAttentionImpl>,
-                                  public AttentionImpl {
+class GroupedQueryAttentionImpl : public AttentionCloneable<GroupedQueryAttentionImpl> {
  public:
   explicit GroupedQueryAttentionImpl(GroupedQueryAttentionOptions options);
   GroupedQueryAttentionImpl(int64_t dim, int64_t num_heads, int64_t num_kv_heads);
@@ -86,7 +85,7 @@ class GroupedQueryAttentionImpl : public torch::nn::Cloneable<GroupedQueryAttent
                       const torch::Tensor& attn_mask,
                       DecodeState* state,
                       bool need_weights);
-  c10::optional<RotaryEmbedding> rope_;
+  std::optional<RotaryEmbedding> rope_;
 };
 ATTNKIT_ATTENTION_MODULE(GroupedQueryAttention);
 

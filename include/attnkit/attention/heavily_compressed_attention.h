@@ -86,10 +86,11 @@ struct HeavilyCompressedAttentionOptions {
   /// Partial RoPE on queries and KV entries (DeepSeek-V4 rotates the last 64 channels:
   /// RopeOptions().dim(64).channels(RopeChannels::kLast).style(RopeStyle::kInterleaved)); unset
   /// means none, as in attnhut. Default: nullopt
-  TORCH_ARG(c10::optional<RopeOptions>, rope) = c10::nullopt;
+  TORCH_ARG(std::optional<RopeOptions>, rope) = std::nullopt;
 };
 
-/// Heavily compressed attention (mechanisms.md 2.8). x: [B, T, dim] -> [B, T, dim]. Always causal.
+/// Heavily compressed attention (docs/catalog.md, "Heavily compressed attention").
+/// x: [B, T, dim] -> [B, T, dim]. Always causal.
 /// With c = kv_dim, r = compression_rate:
 ///   comp[e] = sum_{i<r} softmax_i(z(x)[e r + i] + pos_bias[i]) * kv(x)[e r + i]  (per channel)
 ///   kv_set  = rms_norm([comp ; kv(x)], kv_norm),  q = rms_norm(q_up(q_down(x)) per head, q_norm)
@@ -111,8 +112,7 @@ struct HeavilyCompressedAttentionOptions {
 /// Decoding caches the normalised compressed entries, a ring of the last `window` raw KV rows
 /// and the raw kv/z rows of the incomplete block; an entry appears when its block completes.
 /// forward_with_aux: attn_weights [B, H, T, nb + T] over [entries (nb = ceil(T/r)) ; raw tokens].
-class HeavilyCompressedAttentionImpl : public torch::nn::Cloneable<HeavilyCompressedAttentionImpl>,
-                                       public AttentionImpl {
+class HeavilyCompressedAttentionImpl : public AttentionCloneable<HeavilyCompressedAttentionImpl> {
  public:
   explicit HeavilyCompressedAttentionImpl(HeavilyCompressedAttentionOptions options);
   HeavilyCompressedAttentionImpl(int64_t dim, int64_t num_heads);
@@ -142,7 +142,7 @@ class HeavilyCompressedAttentionImpl : public torch::nn::Cloneable<HeavilyCompre
                       const torch::Tensor& attn_mask,
                       DecodeState* state,
                       bool need_weights);
-  c10::optional<RotaryEmbedding> rope_;
+  std::optional<RotaryEmbedding> rope_;
 };
 ATTNKIT_ATTENTION_MODULE(HeavilyCompressedAttention);
 

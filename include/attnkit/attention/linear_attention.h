@@ -2,8 +2,8 @@
 // Linear attention (Katharopoulos et al., 2020, "Transformers are RNNs"): softmax(q k^T) is
 // replaced by phi(q) phi(k)^T, so attention is phi(q) (sum_j phi(k_j) v_j^T) / (phi(q) .
 // sum_j phi(k_j)): O(T) in the sequence length, and the causal form is a recurrence with a
-// constant-size state. attzoo's LinearSelfAttention (mechanisms.md section 3), multi-head and
-// with the causal form.
+// constant-size state. attzoo's LinearSelfAttention, multi-head and with the causal form
+// (docs/catalog.md, "Linear attention").
 
 #include <attnkit/attention/attention.h>
 
@@ -64,7 +64,7 @@ struct LinearAttentionOptions {
 /// (phi q / sum phi q)(phi k / sum phi k)^T); masks are bool keep masks over (query, key)
 /// pairs (attzoo reduces a mask to a per-token mask, reading only its diagonal); no dropout
 /// (attzoo: 0.1 on the output).
-class LinearAttentionImpl : public torch::nn::Cloneable<LinearAttentionImpl>, public AttentionImpl {
+class LinearAttentionImpl : public AttentionCloneable<LinearAttentionImpl> {
  public:
   explicit LinearAttentionImpl(LinearAttentionOptions options);
   LinearAttentionImpl(int64_t dim, int64_t num_heads);

@@ -1,7 +1,7 @@
 #pragma once
 // Local (sliding-window) self-attention: every query sees the keys within a fixed distance of
-// it. attzoo's LocalSelfAttention (mechanisms.md section 3), with a causal form that decodes
-// with a window-sized cache.
+// it. attzoo's LocalSelfAttention, with a causal form that decodes with a window-sized cache
+// (docs/catalog.md, "Local attention").
 
 #include <attnkit/attention/attention.h>
 #include <attnkit/core/rope.h>
@@ -33,7 +33,7 @@ struct LocalAttentionOptions {
   TORCH_ARG(bool, bias) = false;
   /// Rotary embedding on q and k of every head (attzoo's rope=True is
   /// RopeOptions().style(RopeStyle::kInterleaved)); unset means none. Default: nullopt
-  TORCH_ARG(c10::optional<RopeOptions>, rope) = c10::nullopt;
+  TORCH_ARG(std::optional<RopeOptions>, rope) = std::nullopt;
 };
 
 /// Local attention. x: [B, T, dim] -> [B, T, dim].
@@ -50,7 +50,7 @@ struct LocalAttentionOptions {
 /// Deviations from attzoo: dropout defaults to 0 (attzoo: 0.1 on the returned weights); a float
 /// attn_mask is additive (attzoo reads it with mask.bool(), so 0.0 blocks and -inf keeps); a
 /// query that sees no key gives zeros (attzoo: NaN).
-class LocalAttentionImpl : public torch::nn::Cloneable<LocalAttentionImpl>, public AttentionImpl {
+class LocalAttentionImpl : public AttentionCloneable<LocalAttentionImpl> {
  public:
   explicit LocalAttentionImpl(LocalAttentionOptions options);
   LocalAttentionImpl(int64_t dim, int64_t num_heads);
@@ -79,7 +79,7 @@ class LocalAttentionImpl : public torch::nn::Cloneable<LocalAttentionImpl>, publ
                       const torch::Tensor& attn_mask,
                       DecodeState* state,
                       bool need_weights);
-  c10::optional<RotaryEmbedding> rope_;
+  std::optional<RotaryEmbedding> rope_;
 };
 ATTNKIT_ATTENTION_MODULE(LocalAttention);
 

@@ -1,7 +1,7 @@
 #pragma once
 // Longformer self-attention (Beltagy et al., 2020): a symmetric sliding window plus global
 // tokens that attend to, and are attended by, every position. attzoo's
-// LongformerSelfAttention (mechanisms.md section 3).
+// LongformerSelfAttention (docs/catalog.md, "Longformer attention").
 
 #include <attnkit/attention/attention.h>
 #include <attnkit/core/rope.h>
@@ -37,7 +37,7 @@ struct LongformerAttentionOptions {
   TORCH_ARG(bool, bias) = false;
   /// Rotary embedding on q and k of every head (attzoo's rope=True is
   /// RopeOptions().style(RopeStyle::kInterleaved)); unset means none. Default: nullopt
-  TORCH_ARG(c10::optional<RopeOptions>, rope) = c10::nullopt;
+  TORCH_ARG(std::optional<RopeOptions>, rope) = std::nullopt;
 };
 
 /// Longformer attention. x: [B, T, dim] -> [B, T, dim].
@@ -53,8 +53,7 @@ struct LongformerAttentionOptions {
 /// bool attn_mask restricts it to the past.
 /// Deviations from attzoo: dropout defaults to 0 (attzoo: 0.1 on the weights); a query that
 /// sees no key gives zeros (attzoo: NaN); the global mask must be bool (attzoo calls .bool()).
-class LongformerAttentionImpl : public torch::nn::Cloneable<LongformerAttentionImpl>,
-                                public AttentionImpl {
+class LongformerAttentionImpl : public AttentionCloneable<LongformerAttentionImpl> {
  public:
   explicit LongformerAttentionImpl(LongformerAttentionOptions options);
   LongformerAttentionImpl(int64_t dim, int64_t num_heads);
@@ -89,7 +88,7 @@ class LongformerAttentionImpl : public torch::nn::Cloneable<LongformerAttentionI
                       const torch::Tensor& global_mask,
                       const torch::Tensor& attn_mask,
                       bool need_weights);
-  c10::optional<RotaryEmbedding> rope_;
+  std::optional<RotaryEmbedding> rope_;
 };
 ATTNKIT_ATTENTION_MODULE(LongformerAttention);
 

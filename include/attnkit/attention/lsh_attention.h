@@ -1,7 +1,7 @@
 #pragma once
 // LSH attention (Kitaev et al., 2020, "Reformer"): tokens are hashed into buckets with random
 // rotations (angular LSH) and attend only inside their bucket, over several hash rounds.
-// attzoo's LSHSelfAttention (mechanisms.md section 3), made reproducible.
+// attzoo's LSHSelfAttention, made reproducible (docs/catalog.md, "LSH attention").
 
 #include <attnkit/attention/attention.h>
 #include <attnkit/core/rope.h>
@@ -37,7 +37,7 @@ struct LSHAttentionOptions {
   TORCH_ARG(bool, bias) = false;
   /// Rotary embedding on q and k of every head (attzoo's rope=True is
   /// RopeOptions().style(RopeStyle::kInterleaved)); unset means none. Default: nullopt
-  TORCH_ARG(c10::optional<RopeOptions>, rope) = c10::nullopt;
+  TORCH_ARG(std::optional<RopeOptions>, rope) = std::nullopt;
 };
 
 /// LSH attention. x: [B, T, dim] -> [B, T, dim].
@@ -56,7 +56,7 @@ struct LSHAttentionOptions {
 /// from the seeded generator, not the global RNG, so a call is reproducible (attzoo draws new ones
 /// every call); hashing uses Reformer's [xR ; -xR] (attzoo: argmax of xR with n_b columns); dropout
 /// defaults to 0 (attzoo: 0.1); fully masked rows give zeros (attzoo: NaN).
-class LSHAttentionImpl : public torch::nn::Cloneable<LSHAttentionImpl>, public AttentionImpl {
+class LSHAttentionImpl : public AttentionCloneable<LSHAttentionImpl> {
  public:
   explicit LSHAttentionImpl(LSHAttentionOptions options);
   LSHAttentionImpl(int64_t dim, int64_t num_heads);
@@ -85,7 +85,7 @@ class LSHAttentionImpl : public torch::nn::Cloneable<LSHAttentionImpl>, public A
  private:
   torch::Tensor hash(const torch::Tensor& q) const;
   AttentionOutput run(const torch::Tensor& x, const torch::Tensor& attn_mask, bool need_weights);
-  c10::optional<RotaryEmbedding> rope_;
+  std::optional<RotaryEmbedding> rope_;
 };
 ATTNKIT_ATTENTION_MODULE(LSHAttention);
 

@@ -1,8 +1,9 @@
 #pragma once
-// MiniMax-style block-sparse attention (attnhut 2.6): a small index branch scores every
-// (query, key) pair per KV group, each query keeps the top_k key blocks by their best token
+// MiniMax-style block-sparse attention, as attnhut implements it: a small index branch scores
+// every (query, key) pair per KV group, each query keeps the top_k key blocks by their best token
 // score (plus its own block), and grouped-query attention runs over the kept blocks. The index
 // branch is trained by a KL distillation loss (`msa_index_aux_loss`).
+// See docs/catalog.md, "MiniMax sparse attention".
 
 #include <attnkit/attention/attention.h>
 #include <attnkit/core/rope.h>
@@ -88,8 +89,7 @@ struct MiniMaxSparseOutput : AttentionOutput {
 ///   MiniMaxSparseAttention attn(MiniMaxSparseAttentionOptions(256, 8, 2).block_size(32).top_k(4));
 ///   auto aux = attn->forward_with_aux_sparse(x);
 ///   torch::Tensor kl = msa_index_aux_loss(aux.index_scores, aux.attn_weights, aux.keep);
-class MiniMaxSparseAttentionImpl : public torch::nn::Cloneable<MiniMaxSparseAttentionImpl>,
-                                   public AttentionImpl {
+class MiniMaxSparseAttentionImpl : public AttentionCloneable<MiniMaxSparseAttentionImpl> {
  public:
   explicit MiniMaxSparseAttentionImpl(MiniMaxSparseAttentionOptions options);
   MiniMaxSparseAttentionImpl(int64_t dim, int64_t num_heads, int64_t num_kv_groups);
@@ -128,7 +128,7 @@ class MiniMaxSparseAttentionImpl : public torch::nn::Cloneable<MiniMaxSparseAtte
                           const torch::Tensor& attn_mask,
                           DecodeState* state,
                           bool need_aux);
-  c10::optional<RotaryEmbedding> rope_, index_rope_;
+  std::optional<RotaryEmbedding> rope_, index_rope_;
 };
 ATTNKIT_ATTENTION_MODULE(MiniMaxSparseAttention);
 

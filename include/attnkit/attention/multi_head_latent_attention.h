@@ -12,7 +12,8 @@
 
 namespace attnkit {
 
-/// Options for `MultiHeadLatentAttention`. Widths left at 0 take attnhut's defaults.
+/// Options for `MultiHeadLatentAttention`. Widths left at 0 take attnhut's defaults; q_lora_rank
+/// unset means a direct q_proj (as d9d; attnhut uses a dim / 2 bottleneck, docs/catalog.md).
 /// Example:
 ///   MultiHeadLatentAttention attn(MultiHeadLatentAttentionOptions(512, 8)
 ///       .q_lora_rank(192).kv_lora_rank(64).qk_nope_head_dim(32).qk_rope_head_dim(16));
@@ -24,7 +25,7 @@ struct MultiHeadLatentAttentionOptions {
   TORCH_ARG(int64_t, num_heads);
   /// Rank of the query bottleneck (q_a_proj, q_a_layernorm, q_b_proj); unset means a direct
   /// q_proj. Default: nullopt
-  TORCH_ARG(c10::optional<int64_t>, q_lora_rank) = c10::nullopt;
+  TORCH_ARG(std::optional<int64_t>, q_lora_rank) = std::nullopt;
   /// Rank of the shared key/value latent. 0 means dim / 4. Default: 0
   TORCH_ARG(int64_t, kv_lora_rank) = 0;
   /// Per-head query/key channels without position. 0 means (dim / num_heads) / 2. Default: 0
@@ -53,8 +54,7 @@ struct MultiHeadLatentAttentionOptions {
 /// kv_a_proj_with_mqa's rows are [latent | rope key]. Scale (nope + rope)^-1/2.
 /// Decoding caches the normalised latent and the rotated rope key and attends in latent space
 /// (kv_b_proj absorbed into the query and the output), never rebuilding per-head keys.
-class MultiHeadLatentAttentionImpl : public torch::nn::Cloneable<MultiHeadLatentAttentionImpl>,
-                                     public AttentionImpl {
+class MultiHeadLatentAttentionImpl : public AttentionCloneable<MultiHeadLatentAttentionImpl> {
  public:
   explicit MultiHeadLatentAttentionImpl(MultiHeadLatentAttentionOptions options);
   MultiHeadLatentAttentionImpl(int64_t dim, int64_t num_heads);
@@ -83,7 +83,7 @@ class MultiHeadLatentAttentionImpl : public torch::nn::Cloneable<MultiHeadLatent
                       const torch::Tensor& attn_mask,
                       DecodeState* state,
                       bool need_weights);
-  c10::optional<RotaryEmbedding> rope_;
+  std::optional<RotaryEmbedding> rope_;
 };
 ATTNKIT_ATTENTION_MODULE(MultiHeadLatentAttention);
 

@@ -17,8 +17,8 @@ using MultiQueryAttentionOptions = ProjectedAttentionOptions;
 /// Multi-query attention (Shazeer, 2019, "Fast Transformer Decoding: One Write-Head is All You
 /// Need"): all query heads share one key/value head, so the decode cache is num_heads times
 /// smaller. x: [B, T, dim] -> [B, T, dim]. Parameters: q_proj, k_proj, v_proj, o_proj.
-class MultiQueryAttentionImpl : public torch::nn::Cloneable<MultiQueryAttentionImpl>,
-                                public ProjectedAttentionImpl {
+class MultiQueryAttentionImpl
+    : public AttentionCloneable<MultiQueryAttentionImpl, ProjectedAttentionImpl> {
  public:
   explicit MultiQueryAttentionImpl(MultiQueryAttentionOptions options);
   MultiQueryAttentionImpl(int64_t dim, int64_t num_heads);

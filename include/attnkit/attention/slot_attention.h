@@ -2,7 +2,7 @@
 // Slot attention (Locatello et al., 2020, "Object-Centric Learning with Slot Attention"): a few
 // slots compete, through a softmax over the slots, to explain a set of input features, and are
 // refined by a GRU and a residual MLP. Set to set: inputs [B, N, D] -> slots [B, S, D].
-// attnhut's SlotAttention (mechanisms.md 2.12).
+// attnhut's SlotAttention (docs/catalog.md, "Slot attention").
 
 #include <ATen/core/Generator.h>
 #include <torch/arg.h>
@@ -59,10 +59,12 @@ class SlotAttentionImpl : public torch::nn::Cloneable<SlotAttentionImpl> {
   void pretty_print(std::ostream& stream) const override;
 
   /// inputs: [B, N, dim] -> [B, num_slots, dim]. The initial noise comes from `generator`
-  /// (advanced by B * S * dim normals) or, when unset, from the global RNG. (One forward with a
+  /// (advanced by B * S * dim normals, drawn on the generator's device and moved to the
+  /// inputs': a CPU generator gives the same slots on any device) or, when unset, from the
+  /// global RNG of the inputs' device. (One forward with a
   /// default argument: TORCH_MODULE's call operator cannot deduce an overloaded forward.)
   torch::Tensor forward(const torch::Tensor& inputs,
-                        c10::optional<at::Generator> generator = c10::nullopt);
+                        std::optional<at::Generator> generator = std::nullopt);
 
   SlotAttentionOptions options;
   torch::Tensor slot_mu, slot_log_sigma;

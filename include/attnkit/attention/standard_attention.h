@@ -16,8 +16,8 @@ using StandardAttentionOptions = ProjectedAttentionOptions;
 /// Multi-head scaled dot-product attention (Vaswani et al., 2017, "Attention Is All You Need"):
 /// every head has its own keys and values. x: [B, T, dim] -> [B, T, dim]. Parameters: q_proj,
 /// k_proj, v_proj, o_proj.
-class StandardAttentionImpl : public torch::nn::Cloneable<StandardAttentionImpl>,
-                              public ProjectedAttentionImpl {
+class StandardAttentionImpl
+    : public AttentionCloneable<StandardAttentionImpl, ProjectedAttentionImpl> {
  public:
   explicit StandardAttentionImpl(StandardAttentionOptions options);
   StandardAttentionImpl(int64_t dim, int64_t num_heads);

@@ -12,14 +12,14 @@ namespace attnkit {
 ///   DotProductAttentionOptions().causal(true).window_left(128).sinks(sink_logits)
 struct DotProductAttentionOptions {
   /// Multiplier of q.k. Unset means 1/sqrt(D). Default: nullopt
-  TORCH_ARG(c10::optional<double>, scale) = c10::nullopt;
+  TORCH_ARG(std::optional<double>, scale) = std::nullopt;
   /// Key j is visible to query i only if j <= i + (Tk - Tq) (bottom-right aligned). Default: false
   TORCH_ARG(bool, causal) = false;
   /// Sliding window: key j is visible only if j >= pos(i) - window_left, where
   /// pos(i) = i + (Tk - Tq). Unset means unbounded. Default: nullopt
-  TORCH_ARG(c10::optional<int64_t>, window_left) = c10::nullopt;
+  TORCH_ARG(std::optional<int64_t>, window_left) = std::nullopt;
   /// Sliding window: key j is visible only if j <= pos(i) + window_right. Default: nullopt
-  TORCH_ARG(c10::optional<int64_t>, window_right) = c10::nullopt;
+  TORCH_ARG(std::optional<int64_t>, window_right) = std::nullopt;
   /// Per-query-head sink logits [Hq]: an extra, unscaled logit in each softmax denominator whose
   /// value column is zero (gpt-oss, StreamingLLM). Undefined means none. Default: undefined
   TORCH_ARG(torch::Tensor, sinks) = {};

@@ -26,7 +26,7 @@ enum class RopeChannels {
   kLast,
 };
 
-/// Frequency scaling for context extension (mechanisms.md 6.2).
+/// Frequency scaling for context extension (docs/catalog.md, "Rotary embeddings").
 enum class RopeScaling {
   kNone,    ///< inv_freq_i = theta^(-2i/d)
   kLinear,  ///< inv_freq / factor (position interpolation)

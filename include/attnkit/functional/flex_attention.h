@@ -3,6 +3,7 @@
 // a score modifier, forward and backward, on attnkit's fused kernels (src/kernels/flash).
 
 #include <attnkit/core/reference_attention.h>
+#include <attnkit/functional/backend.h>
 
 #include <torch/arg.h>
 #include <torch/types.h>
@@ -227,13 +228,13 @@ BlockMask block_mask_from_keep(const torch::Tensor& keep,
 ///   FlexAttentionOptions().causal(true).softcap(30.0).sinks(sink_logits)
 struct FlexAttentionOptions {
   /// Multiplier of q.k. Unset means 1/sqrt(D). Default: nullopt
-  TORCH_ARG(c10::optional<double>, scale) = c10::nullopt;
+  TORCH_ARG(std::optional<double>, scale) = std::nullopt;
   /// Key j visible to query i only if j <= i + (Tk - Tq) (bottom-right aligned). Default: false
   TORCH_ARG(bool, causal) = false;
   /// Key j visible only if j >= i + (Tk - Tq) - window_left. Default: nullopt
-  TORCH_ARG(c10::optional<int64_t>, window_left) = c10::nullopt;
+  TORCH_ARG(std::optional<int64_t>, window_left) = std::nullopt;
   /// Key j visible only if j <= i + (Tk - Tq) + window_right. Default: nullopt
-  TORCH_ARG(c10::optional<int64_t>, window_right) = c10::nullopt;
+  TORCH_ARG(std::optional<int64_t>, window_right) = std::nullopt;
   /// Per-query-head sink logits [Hq] (gradient supported). Default: undefined
   TORCH_ARG(torch::Tensor, sinks) = {};
   /// s <- softcap * tanh(s / softcap) on the scaled logits; 0 means off. Default: 0
@@ -247,7 +248,7 @@ struct FlexAttentionOptions {
   /// Boolean keep mask broadcastable to [B, Hq, Tq, Tk] (true = attend). Default: undefined
   TORCH_ARG(torch::Tensor, mask) = {};
   /// Block-sparse structure; its mask_mod is applied inside partial blocks. Default: nullopt
-  TORCH_ARG(c10::optional<BlockMask>, block_mask) = c10::nullopt;
+  TORCH_ARG(std::optional<BlockMask>, block_mask) = std::nullopt;
   /// Element mask evaluated on every visited element (only without block_mask); a lambda is
   /// inlined into the kernels (see `Mask`). Default: none
   TORCH_ARG(Mask, mask_mod) = {};
@@ -293,10 +294,6 @@ FlexAttentionResult flex_attention_reference(const torch::Tensor& q,
                                              const torch::Tensor& k,
                                              const torch::Tensor& v,
                                              const FlexAttentionOptions& options = {});
-
-/// True when ATTNKIT_BACKEND selects the fused kernels (unset or "fused"), false for
-/// "reference"; any other value is an error.
-bool fused_backend_selected();
 
 }  // namespace functional
 }  // namespace attnkit

@@ -20,7 +20,7 @@ namespace flash {
 namespace avx2 {
 namespace {
 
-#include "kernels/flash/vec_avx2.h"
+#include "kernels/cpu/vec_avx2.h"
 
 #include "kernels/flash/forward_impl.h"
 // The backward uses the forward's helpers: keep it second.

@@ -20,7 +20,7 @@ namespace flash {
 namespace avx512 {
 namespace {
 
-#include "kernels/flash/vec_avx512.h"
+#include "kernels/cpu/vec_avx512.h"
 
 #include "kernels/flash/forward_impl.h"
 // The backward uses the forward's helpers: keep it second.

@@ -19,7 +19,7 @@
 constexpr int64_t kRowsPerTile = 64;
 
 // kBlockK (keys per tile), kRowBlock and the QK micro-kernel qk_micro.
-#include "kernels/flash/qk_micro_impl.h"
+#include "kernels/cpu/qk_micro_impl.h"
 
 static inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 static inline int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }

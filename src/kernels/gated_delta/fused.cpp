@@ -7,10 +7,11 @@
 //   U <- U - W S;   O = exp(gamma) Q S + QK U;   S <- exp(gamma_last) S + (exp(..) K)^T U
 // Every product is a combination of contiguous rows (combine_rows, register-blocked), which the
 // compiler vectorises (omp simd) for the ISA of the copy that runs: fused_impl.h is compiled
-// here for the baseline and in fused_avx2.cpp / fused_avx512.cpp under a target pragma, chosen
-// once per call from CPUID (ATTNKIT_CPU_CAPABILITY=default|avx2|avx512 forces one). Legend in
-// params.h.
+// in fused_avx2.cpp / fused_avx512.cpp under a target pragma, chosen once per call by
+// kernels/cpu/capability.h (ATTNKIT_CPU_CAPABILITY=reference runs the scalar reference kernel).
+// Legend in params.h.
 
+#include "kernels/cpu/capability.h"
 #include "kernels/gated_delta/kernel.h"
 
 #include <ATen/Parallel.h>
@@ -28,6 +29,7 @@ namespace kernels {
 namespace gated_delta {
 
 namespace {
+// For Scratch (the per-ISA copies of forward_heads are in fused_avx2.cpp and fused_avx512.cpp).
 #include "kernels/gated_delta/fused_impl.h"
 }  // namespace
 
@@ -37,46 +39,10 @@ void forward_heads_avx2(const GatedDeltaParams<T>& p, int64_t begin, int64_t end
 template <typename T>
 void forward_heads_avx512(const GatedDeltaParams<T>& p, int64_t begin, int64_t end, T* scratch);
 
-namespace {
-
-enum class Isa { kDefault, kAvx2, kAvx512 };
-
-bool cpu_has(Isa isa) {
-#if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
-  if (isa == Isa::kAvx512)
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl");
-  if (isa == Isa::kAvx2) return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return true;
-#else
-  return isa == Isa::kDefault;
-#endif
-}
-
-// The best ISA of this CPU, or the one ATTNKIT_CPU_CAPABILITY=default|avx2|avx512 forces.
-Isa chosen_isa() {
-  const char* env = std::getenv("ATTNKIT_CPU_CAPABILITY");
-  if (env == nullptr || *env == '\0') {
-    return cpu_has(Isa::kAvx512) ? Isa::kAvx512 : cpu_has(Isa::kAvx2) ? Isa::kAvx2 : Isa::kDefault;
-  }
-  const std::string name(env);
-  Isa isa = Isa::kDefault;
-  if (name == "avx512") {
-    isa = Isa::kAvx512;
-  } else if (name == "avx2") {
-    isa = Isa::kAvx2;
-  } else {
-    TORCH_CHECK(name == "default", "gated_delta_rule: ATTNKIT_CPU_CAPABILITY must be default, ",
-                "avx2 or avx512, got '", name, "'");
-  }
-  TORCH_CHECK(cpu_has(isa), "gated_delta_rule: ATTNKIT_CPU_CAPABILITY=", name,
-              " but this CPU does not support it");
-  return isa;
-}
-
-}  // namespace
-
 template <typename scalar_t>
 void gated_delta_forward_fused(const GatedDeltaParams<scalar_t>& p) {
+  const CpuCapability isa = selected_capability();
+  if (isa == CpuCapability::kReference) return gated_delta_forward_reference(p);
   TORCH_INTERNAL_ASSERT(p.out_stride_d == 1, "gated_delta fused: output rows must be contiguous");
   const int64_t C = std::min(p.chunk_size, std::max<int64_t>(p.seq_len, 1));
   GatedDeltaParams<scalar_t> params = p;
@@ -89,18 +55,12 @@ void gated_delta_forward_fused(const GatedDeltaParams<scalar_t>& p) {
   std::vector<scalar_t> scratch(static_cast<size_t>(slot * num_threads));
   // One task per (b, h): each owns its state, and B * Hv is usually >= the core count; grain 1
   // because one task is a whole sequence (at least T * Dk * Dv work).
-  const Isa isa = chosen_isa();
   at::parallel_for(0, p.batch_size * p.num_heads_v, 1, [&](int64_t begin, int64_t end) {
     scalar_t* sc = scratch.data() + at::get_thread_num() * slot;
-    switch (isa) {
-      case Isa::kAvx512:
-        forward_heads_avx512(params, begin, end, sc);
-        break;
-      case Isa::kAvx2:
-        forward_heads_avx2(params, begin, end, sc);
-        break;
-      default:
-        forward_heads(params, begin, end, sc);
+    if (isa == CpuCapability::kAvx512) {
+      forward_heads_avx512(params, begin, end, sc);
+    } else {
+      forward_heads_avx2(params, begin, end, sc);
     }
   });
 }

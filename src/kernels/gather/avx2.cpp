@@ -20,7 +20,7 @@ namespace {
 
 using flash::fill_floats;
 
-#include "kernels/flash/vec_avx2.h"
+#include "kernels/cpu/vec_avx2.h"
 
 #include "kernels/gather/forward_impl.h"
 // The backward uses the forward's helpers: keep it second.

@@ -1,6 +1,6 @@
 // Run-time ISA choice of the gather kernels: the same choice (and override) as the flash family.
 
-#include "kernels/flash/kernel.h"
+#include "kernels/cpu/capability.h"
 #include "kernels/gather/params.h"
 
 namespace attnkit {
@@ -8,23 +8,23 @@ namespace kernels {
 namespace gather {
 
 void gather_forward(const GatherParams& p) {
-  switch (flash::selected_capability()) {
-    case flash::CpuCapability::kAvx512:
+  switch (selected_capability()) {
+    case CpuCapability::kAvx512:
       return avx512::gather_forward(p);
-    case flash::CpuCapability::kAvx2:
+    case CpuCapability::kAvx2:
       return avx2::gather_forward(p);
-    case flash::CpuCapability::kReference:
+    case CpuCapability::kReference:
       return gather_forward_reference(p);
   }
 }
 
 void gather_backward(const GatherParams& p, const GatherBackwardParams& g) {
-  switch (flash::selected_capability()) {
-    case flash::CpuCapability::kAvx512:
+  switch (selected_capability()) {
+    case CpuCapability::kAvx512:
       return avx512::gather_backward(p, g);
-    case flash::CpuCapability::kAvx2:
+    case CpuCapability::kAvx2:
       return avx2::gather_backward(p, g);
-    case flash::CpuCapability::kReference:
+    case CpuCapability::kReference:
       return gather_backward_reference(p, g);
   }
 }

@@ -81,7 +81,7 @@ struct GatherBackwardParams {
   float* maybe_dweights = nullptr;  // [B, Hkv, Tq, K]
 };
 
-/// Entry points: the ISA path of flash::selected_capability() (dispatch.cpp).
+/// Entry points: the ISA path of selected_capability() (kernels/cpu/capability.h) (dispatch.cpp).
 void gather_forward(const GatherParams& p);
 void gather_backward(const GatherParams& p, const GatherBackwardParams& g);
 

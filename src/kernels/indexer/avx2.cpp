@@ -15,7 +15,7 @@ namespace indexer {
 namespace avx2 {
 namespace {
 
-#include "kernels/flash/vec_avx2.h"
+#include "kernels/cpu/vec_avx2.h"
 
 #include "kernels/indexer/forward_impl.h"
 

@@ -15,7 +15,7 @@ namespace indexer {
 namespace avx512 {
 namespace {
 
-#include "kernels/flash/vec_avx512.h"
+#include "kernels/cpu/vec_avx512.h"
 
 #include "kernels/indexer/forward_impl.h"
 

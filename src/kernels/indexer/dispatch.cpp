@@ -1,7 +1,7 @@
 // Run-time ISA choice of the index top-k kernels: the same choice (and override) as the flash
 // family.
 
-#include "kernels/flash/kernel.h"
+#include "kernels/cpu/capability.h"
 #include "kernels/indexer/params.h"
 
 namespace attnkit {
@@ -9,12 +9,12 @@ namespace kernels {
 namespace indexer {
 
 void index_topk(const IndexTopkParams& p) {
-  switch (flash::selected_capability()) {
-    case flash::CpuCapability::kAvx512:
+  switch (selected_capability()) {
+    case CpuCapability::kAvx512:
       return avx512::index_topk(p);
-    case flash::CpuCapability::kAvx2:
+    case CpuCapability::kAvx2:
       return avx2::index_topk(p);
-    case flash::CpuCapability::kReference:
+    case CpuCapability::kReference:
       return index_topk_reference(p);
   }
 }

@@ -11,7 +11,7 @@
 // thread the working set is the packed queries, one key tile (and one score tile), in L1/L2.
 
 // The tile width kBlockK (64 keys), kRowBlock and qk_micro come from the flash kernels.
-#include "kernels/flash/qk_micro_impl.h"
+#include "kernels/cpu/qk_micro_impl.h"
 
 constexpr int64_t kTileK = kBlockK;
 // Rows (queries x heads) per work item.

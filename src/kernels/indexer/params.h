@@ -50,7 +50,7 @@ struct IndexTopkParams {
   }
 };
 
-/// Entry point: the ISA path of flash::selected_capability() (dispatch.cpp).
+/// Entry point: the ISA path of selected_capability() (kernels/cpu/capability.h) (dispatch.cpp).
 void index_topk(const IndexTopkParams& p);
 
 // Per-ISA implementations.
