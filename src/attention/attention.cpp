@@ -37,6 +37,14 @@ std::shared_ptr<torch::nn::Module> AttentionImpl::clone(
   return copy;
 }
 
+void AttentionImpl::clone_(torch::nn::Module& other, const std::optional<torch::Device>& device) {
+  torch::NoGradGuard no_grad;
+  copy_named(other.named_parameters(), named_parameters(), mechanism(), "parameter");
+  copy_named(other.named_buffers(), named_buffers(), mechanism(), "buffer");
+  if (device) to(*device);
+  train(other.is_training());
+}
+
 torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor& attn_mask) {
   TORCH_CHECK(!attn_mask.defined(), mechanism(), ": does not take an attn_mask");
   return forward(x);

@@ -72,6 +72,34 @@ TEST(Attention, HoldersRegisterAsSubmodules) {
   EXPECT_NE(params.find("attn.o_proj.weight"), nullptr);
 }
 
+// A user's torch::nn::Cloneable block holding a mechanism: its clone() deep-copies the mechanism
+// through AttentionImpl::clone_, so the copy computes the same function with its own weights.
+struct CloneableBlockImpl : torch::nn::Cloneable<CloneableBlockImpl> {
+  CloneableBlockImpl() { reset(); }
+  void reset() override {
+    attn = register_module("attn", GroupedQueryAttention(GroupedQueryAttentionOptions(16, 4, 2)));
+  }
+  GroupedQueryAttention attn{nullptr};
+};
+
+TEST(Attention, CloneableParentsDeepCopyTheirMechanisms) {
+  torch::manual_seed(0);
+  auto block = std::make_shared<CloneableBlockImpl>();
+  block->eval();
+  auto copy = std::dynamic_pointer_cast<CloneableBlockImpl>(block->clone());
+  ASSERT_TRUE(copy);
+  EXPECT_FALSE(copy->attn->is_training());
+  torch::NoGradGuard no_grad;
+  torch::Tensor x = torch::randn({1, 3, 16});
+  EXPECT_TRUE(torch::equal(copy->attn->forward(x), block->attn->forward(x)));
+  EXPECT_NE(copy->attn->q_proj->weight.data_ptr(), block->attn->q_proj->weight.data_ptr());
+  copy->attn->q_proj->weight.add_(1.0);
+  EXPECT_FALSE(torch::equal(copy->attn->forward(x), block->attn->forward(x)));
+  block->to(torch::kDouble);
+  auto doubled = std::dynamic_pointer_cast<CloneableBlockImpl>(block->clone());
+  EXPECT_EQ(doubled->attn->q_proj->weight.scalar_type(), torch::kDouble);
+}
+
 TEST(Attention, ModulesMoveWithTo) {
   StandardAttention attn(StandardAttentionOptions(16, 2).causal(true));
   attn->to(torch::kDouble);

@@ -147,6 +147,19 @@ TEST(CausalJEPAAttention, MatchesSpecComposition) {
   EXPECT_LT(max_abs_diff(got, expected), 1e-5);
 }
 
+TEST(CausalJEPAAttention, CloneCopiesTheAttentionBlocks) {
+  torch::manual_seed(3);
+  CausalJEPAAttention predictor(small_options());
+  predictor->eval();
+  auto copy = std::dynamic_pointer_cast<CausalJEPAAttentionImpl>(predictor->clone());
+  ASSERT_TRUE(copy);
+  torch::NoGradGuard no_grad;
+  torch::Tensor slots = torch::randn({2, 3, 5, 32});
+  torch::Tensor hidden = torch::tensor({1, 3}, torch::kLong);
+  EXPECT_TRUE(
+      torch::equal(copy->forward(slots, hidden).pred, predictor->forward(slots, hidden).pred));
+}
+
 TEST(CausalJEPAAttention, ParametersAndPrint) {
   CausalJEPAAttention predictor(small_options());
   auto params = predictor->named_parameters();

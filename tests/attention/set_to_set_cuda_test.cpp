@@ -17,18 +17,6 @@ using testing::max_abs_diff;
 
 constexpr double kBound = 1e-9;
 
-// Compares every parameter's gradient of two copies of one module.
-void expect_same_grads(const torch::nn::Module& cpu, const torch::nn::Module& gpu) {
-  auto gpu_params = gpu.named_parameters();
-  for (const auto& p : cpu.named_parameters()) {
-    const torch::Tensor& g = gpu_params[p.key()].grad();
-    ASSERT_EQ(g.defined(), p.value().grad().defined()) << p.key();
-    if (g.defined()) {
-      EXPECT_LT(max_abs_diff(g.cpu(), p.value().grad()), kBound) << p.key();
-    }
-  }
-}
-
 TEST(SetToSetCuda, SlotAttentionMatchesCpu) {
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
   torch::manual_seed(0);
@@ -43,7 +31,7 @@ TEST(SetToSetCuda, SlotAttentionMatchesCpu) {
   EXPECT_LT(max_abs_diff(y_gpu.cpu(), y_cpu), kBound);
   y_cpu.sum().backward();
   y_gpu.sum().backward();
-  expect_same_grads(*cpu, *gpu);
+  testing::expect_same_grads(*cpu, *gpu, kBound);
 }
 
 TEST(SetToSetCuda, CausalJepaMatchesCpu) {
@@ -62,7 +50,7 @@ TEST(SetToSetCuda, CausalJepaMatchesCpu) {
   EXPECT_LT(max_abs_diff(b.pred.cpu(), a.pred), kBound);
   a.pred.sum().backward();
   b.pred.sum().backward();
-  expect_same_grads(*cpu, *gpu);
+  testing::expect_same_grads(*cpu, *gpu, kBound);
 }
 
 }  // namespace

@@ -28,6 +28,19 @@ void copy_parameters(const torch::nn::Module& from, torch::nn::Module& to) {
   }
 }
 
+void expect_same_grads(const torch::nn::Module& expected,
+                       const torch::nn::Module& actual,
+                       double bound) {
+  auto actual_params = actual.named_parameters();
+  for (const auto& p : expected.named_parameters()) {
+    const torch::Tensor& g = actual_params[p.key()].grad();
+    ASSERT_EQ(g.defined(), p.value().grad().defined()) << p.key();
+    if (g.defined()) {
+      EXPECT_LT(max_abs_diff(g.cpu(), p.value().grad()), bound) << p.key();
+    }
+  }
+}
+
 double max_abs_diff(const torch::Tensor& a, const torch::Tensor& b) {
   return (a.to(torch::kDouble) - b.to(torch::kDouble)).abs().max().item<double>();
 }
@@ -253,14 +266,7 @@ TEST_P(AttentionContract, CudaMatchesCpu) {
   y_cpu.backward(g);
   y_gpu.backward(g.to(cuda));
   EXPECT_LT(max_abs_diff(x_gpu.grad().cpu(), x_cpu.grad()), kBound) << "input gradient";
-  auto gpu_params = gpu->named_parameters();
-  for (const auto& p : cpu->named_parameters()) {
-    const torch::Tensor& gg = gpu_params[p.key()].grad();
-    ASSERT_EQ(gg.defined(), p.value().grad().defined()) << p.key();
-    if (gg.defined()) {
-      EXPECT_LT(max_abs_diff(gg.cpu(), p.value().grad()), kBound) << p.key();
-    }
-  }
+  expect_same_grads(*cpu, *gpu, kBound);
   if (!gpu->supports_decoding()) return;
   torch::NoGradGuard no_grad;
   torch::Tensor full = gpu(x.to(cuda));

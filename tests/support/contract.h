@@ -46,6 +46,12 @@ class AttentionContract : public ::testing::TestWithParam<ContractCase> {};
 /// shapes must match: a mismatch fails the test).
 void copy_parameters(const torch::nn::Module& from, torch::nn::Module& to);
 
+/// Expects every parameter of `actual` (any device) to have the gradient of the same-named
+/// parameter of `expected` within `bound`, or none where it has none.
+void expect_same_grads(const torch::nn::Module& expected,
+                       const torch::nn::Module& actual,
+                       double bound);
+
 /// Largest absolute difference, as a double (for readable EXPECT_LT messages).
 double max_abs_diff(const torch::Tensor& a, const torch::Tensor& b);
 

@@ -67,6 +67,12 @@ class AttentionImpl : public torch::nn::Module {
   DecodeState new_state(int64_t batch_size) const;
   /// Raises unless `state` was made by this module's init_state for x's batch size.
   void check_state(const DecodeState& state, const torch::Tensor& x) const;
+
+ private:
+  /// What torch::nn::Cloneable::clone calls on every child of the module it copies: `this` is
+  /// the child that the copy's reset() built afresh, and takes `other`'s parameter and buffer
+  /// values (moved to `device` if given) and training mode.
+  void clone_(torch::nn::Module& other, const std::optional<torch::Device>& device) override;
 };
 
 /// The base of a concrete mechanism `Derived` constructible from its public `options` member:
