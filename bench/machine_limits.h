@@ -564,9 +564,10 @@ inline std::string describe(const Limits& l, const std::string& indent = "  ") {
     const int acc = l.fma_width == 512 ? kAcc512 : l.fma_width == 256 ? kAcc256 : kAcc128;
     s += indent + "FMA peak (" + fma_isa_name(l.fma_width) + ", " + std::to_string(acc) +
          " independent accumulators, best of 3): " +
-         format("%.1f GFLOP/s on 1 thread, %.1f GFLOP/s on ", l.fma_peak_1 / 1e9,
-                l.fma_peak / 1e9) +
-         threads_text(l.threads) + "\n";
+         format("%.1f GFLOP/s on 1 thread", l.fma_peak_1 / 1e9) +
+         (l.threads > 1 ? format(", %.1f GFLOP/s on ", l.fma_peak / 1e9) + threads_text(l.threads)
+                        : std::string()) +
+         "\n";
   } else {
     s += indent + "FMA peak: not measured (no FMA on this CPU, or not x86)\n";
   }
