@@ -46,10 +46,13 @@ run: configure
 test: build
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
 
-# LibTorch is not instrumented and keeps allocations alive at exit: leak checking is off.
+# LibTorch is not instrumented and keeps allocations alive at exit: leak checking is off. No
+# -Werror: -O1 with the sanitizers' instrumentation gives false maybe-uninitialized warnings in
+# LibTorch's inlined headers.
 SANITIZE_ENV = ASAN_OPTIONS=detect_leaks=0:detect_odr_violation=0 UBSAN_OPTIONS=print_stacktrace=1
 sanitize: deps venv
 	$(CONFIGURE) -B build-sanitize -DCMAKE_BUILD_TYPE=None -DCMAKE_CXX_FLAGS="-O1 -g1" -DATTNKIT_SANITIZE=ON \
+	  -DATTNKIT_WERROR=OFF \
 	  -DATTNKIT_BUILD_BENCH=OFF -DATTNKIT_BUILD_TOOLS=OFF $(CMAKE_ARGS)
 	cmake --build build-sanitize --target attnkit_tests -j $(JOBS)
 	cd build-sanitize && $(SANITIZE_ENV) ctest --output-on-failure -j $(JOBS) -R unit_tests
