@@ -1,6 +1,7 @@
 # Two entry points for a fresh Debian machine:
 #   make run       install deps if missing, build the CLI (Release), run `attnkit tour`
-#   make test      install deps if missing, build everything (Release), run the test suite (ctest)
+#   make test      install deps if missing, build everything (Release), run the test suite (ctest),
+#                  then install the Python package from the same build and run its tests (pytest)
 #   make bench     build the Google Benchmark binaries (bench/) and run them, medians of 3
 #   make sanitize  build the tests with ASan + UBSan (build-sanitize/) and run them
 # Debian packages come from scripts/install-deps.sh; LibTorch is the C++ library inside the
@@ -13,11 +14,13 @@ PYTHON ?= python3
 # The project's own code builds with -Werror here (and so in CI); the CMake default is off.
 WERROR ?= ON
 TORCH_PREFIX = $(shell $(VENV)/bin/python -c 'import torch; print(torch.utils.cmake_prefix_path)')
-CONFIGURE = cmake -S . -G Ninja -DCMAKE_PREFIX_PATH="$(TORCH_PREFIX)" -DATTNKIT_WERROR=$(WERROR)
+CONFIGURE = cmake -S . -G Ninja -DCMAKE_PREFIX_PATH="$(TORCH_PREFIX)" \
+  -DPython_EXECUTABLE=$(abspath $(VENV))/bin/python -DATTNKIT_WERROR=$(WERROR)
 BENCH_ARGS ?= --benchmark_repetitions=3 --benchmark_report_aggregates_only=true
+PYTEST_ARGS ?= -q
 BENCHES ?= flash_attention_bench linear_attention_bench
 
-.PHONY: deps venv configure build run test bench sanitize format clean
+.PHONY: deps venv configure build run test pytest bench sanitize format clean
 
 deps:
 	@bash scripts/install-deps.sh
@@ -45,6 +48,14 @@ run: configure
 
 test: build
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
+	@$(MAKE) --no-print-directory pytest
+
+# The Python package from the same build tree (pip links and installs, nothing recompiles), then
+# its tests, with the reference libraries installed as test oracles (scripts/install-test-deps.sh).
+pytest: build
+	bash scripts/install-test-deps.sh
+	$(VENV)/bin/pip install -q --no-build-isolation --no-deps .
+	cd tests/python && $(abspath $(VENV))/bin/python -m pytest $(PYTEST_ARGS)
 
 # LibTorch is not instrumented and keeps allocations alive at exit: leak checking is off. No
 # -Werror: -O1 with the sanitizers' instrumentation gives false maybe-uninitialized warnings in

@@ -39,3 +39,4 @@
 #include <attnkit/attention/projected_attention.h>
 #include <attnkit/attention/slot_attention.h>
 #include <attnkit/attention/standard_attention.h>
+#include <attnkit/factory.h>

@@ -1,0 +1,32 @@
+"""attnkit: Transformer attention mechanisms on LibTorch with fused CPU kernels.
+
+    import torch, attnkit
+    attn = attnkit.GroupedQueryAttention(512, 8, 2, causal=True)   # an nn.Module
+    y = attn(torch.randn(2, 128, 512))
+    state = attn.init_state(batch_size=1)                          # token-by-token decoding
+"""
+
+import torch  # loads libtorch before the extension that links it
+
+from . import _C
+from ._C import DecodeState, Error
+from ._modules import CLASSES, Attention, AttentionAux, make, mechanisms
+from .ops import (BlockMask, create_block_mask, flex_attention, gated_delta_rule,
+                  gather_attention, index_topk)
+
+globals().update(CLASSES)
+
+
+def dsa_index_aux_loss(index_scores, attn_weights):
+    """DeepSeek sparse attention's indexer loss: KL(attention || softmax(index scores))."""
+    return _C.dsa_index_aux_loss(index_scores, attn_weights)
+
+
+def msa_index_aux_loss(index_scores, attn_weights, keep, eps=1e-9):
+    """MiniMax sparse attention's block-indexer distillation loss (attnhut 0.5.0's form)."""
+    return _C.msa_index_aux_loss(index_scores, attn_weights, keep, eps)
+
+
+__all__ = ["Attention", "AttentionAux", "BlockMask", "DecodeState", "Error", "make",
+           "mechanisms", "create_block_mask", "flex_attention", "gather_attention", "index_topk",
+           "gated_delta_rule", "dsa_index_aux_loss", "msa_index_aux_loss", *CLASSES]

@@ -1,0 +1,187 @@
+"""attnkit against what a user would pick instead, in one process on the same inputs.
+
+    python -m attnkit.bench            # the README's table (several minutes on 2 cores)
+    python -m attnkit.bench --quick    # small shapes, a smoke test
+
+Each row times attnkit and its peer alternately (warm-up, then the median of --reps runs) and
+prints the ratio peer time / attnkit time: above 1 means attnkit is faster. Peers: PyTorch's
+``scaled_dot_product_attention`` (ATen's CPU flash attention), PyTorch's ``flex_attention``
+compiled for the CPU (forward only: it has no CPU backward), and the reference library's module
+for the sparse mechanisms when attnhut is installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from typing import Callable, List, Optional
+
+import torch
+import torch.nn.functional as F
+
+import attnkit
+
+
+def median_time(fn: Callable[[], object], reps: int) -> float:
+    fn()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def paired(ours: Callable, peer: Callable, reps: int):
+    """Medians of alternating runs (ours, peer, ours, ...) so drift hits both alike."""
+    ours(), peer()
+    a, b = [], []
+    for _ in range(reps):
+        t0 = time.perf_counter(); ours(); a.append(time.perf_counter() - t0)
+        t0 = time.perf_counter(); peer(); b.append(time.perf_counter() - t0)
+    return statistics.median(a), statistics.median(b)
+
+
+class Table:
+    def __init__(self):
+        self.rows: List[tuple] = []
+
+    def add(self, row: str, peer: str, ours_s: float, peer_s: float):
+        self.rows.append((row, peer, ours_s, peer_s))
+        print(f"| {row} | {peer} | {ours_s * 1e3:.1f} | {peer_s * 1e3:.1f} | "
+              f"**{peer_s / ours_s:.2f}x** |", flush=True)
+
+
+def qkv(B, Hq, Hkv, Tq, Tk, D, dtype, grad=False):
+    g = torch.Generator().manual_seed(0)
+    mk = lambda H, T: torch.randn(B, H, T, D, generator=g).to(dtype).requires_grad_(grad)
+    return mk(Hq, Tq), mk(Hkv, Tk), mk(Hkv, Tk)
+
+
+def dense_rows(t: Table, shapes, reps):
+    for (H, T, D) in shapes:
+        for dtype in (torch.float32, torch.bfloat16):
+            for causal in (False, True):
+                name = f"H{H} T{T} D{D} {'causal' if causal else 'full'} {str(dtype)[6:]}"
+                q, k, v = qkv(1, H, H, T, T, D, dtype)
+                with torch.no_grad():
+                    o, p = paired(lambda: attnkit.flex_attention(q, k, v, causal=causal),
+                                  lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal),
+                                  reps)
+                t.add(f"{name} fwd", "SDPA", o, p)
+                q, k, v = qkv(1, H, H, T, T, D, dtype, grad=True)
+                dout = torch.randn(1, H, T, D).to(dtype)
+
+                def step(fn):
+                    return lambda: torch.autograd.grad(fn(q, k, v), (q, k, v), dout)
+
+                o, p = paired(step(lambda q, k, v: attnkit.flex_attention(q, k, v, causal=causal)),
+                              step(lambda q, k, v: F.scaled_dot_product_attention(
+                                  q, k, v, is_causal=causal)), reps)
+                t.add(f"{name} fwd+bwd", "SDPA", o, p)
+
+
+def compiled_flex():
+    try:
+        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+        return torch.compile(flex_attention, dynamic=False), create_block_mask
+    except Exception as e:  # noqa: BLE001 - report, don't fail the other rows
+        print(f"(torch flex_attention unavailable: {e})")
+        return None, None
+
+
+def flex_rows(t: Table, T_causal, T_window, window, reps):
+    flex, cbm = compiled_flex()
+    if flex is None:
+        return
+    for T, win in ((T_causal, None), (T_window, window)):
+        q, k, v = qkv(1, 8, 8, T, T, 64, torch.float32)
+        if win is None:
+            mod = lambda b, h, qi, ki: qi >= ki
+            ours = lambda: attnkit.flex_attention(q, k, v, causal=True)
+            name = f"causal H8 T{T} D64"
+        else:
+            mod = lambda b, h, qi, ki: (qi >= ki) & (qi - ki <= win)
+            ours = lambda: attnkit.flex_attention(q, k, v, causal=True, window_left=win)
+            name = f"window {win} H8 T{T} D64"
+        bm = cbm(mod, 1, 1, T, T, device="cpu")
+        peer = lambda: flex(q, k, v, block_mask=bm)
+        with torch.no_grad():
+            try:
+                o, p = paired(ours, peer, reps)
+            except Exception as e:  # noqa: BLE001
+                print(f"| {name} fwd | compiled flex_attention | failed: {type(e).__name__}: {e} |")
+                continue
+        t.add(f"{name} fwd", "torch flex_attention (compiled)", o, p)
+
+
+def decode_rows(t: Table, Tk, reps):
+    # One new token against a Tk-long cache, GQA 32:8, through each library's attention call.
+    q, k, v = qkv(1, 32, 8, 1, Tk, 128, torch.float32)
+    with torch.no_grad():
+        o, p = paired(lambda: attnkit.flex_attention(q, k, v),
+                      lambda: F.scaled_dot_product_attention(q, k, v, enable_gqa=True), reps)
+    t.add(f"decode Hq32 Hkv8 Tk{Tk} D128", "SDPA", o, p)
+
+
+def sparse_rows(t: Table, seqs, reps):
+    try:
+        import attnhut
+    except ImportError:
+        print("(attnhut not installed: the sparse rows are skipped)")
+        return
+    from attnkit import compat
+    torch.manual_seed(0)
+    refs = {
+        "DeepSeekSparseAttention": lambda: attnhut.DeepSeekSparseAttention(256, 8, top_k=64, causal=True),
+        "MiniMaxSparseAttention": lambda: attnhut.MiniMaxSparseAttention(256, 8, 2, block_size=64, top_k=8, causal=True),
+        "CompressedSparseAttention": lambda: attnhut.CompressedSparseAttention(256, 8, top_k=16),
+    }
+    for T in seqs:
+        x = torch.randn(1, T, 256)
+        for name, make_ref in refs.items():
+            try:
+                ref = make_ref().eval()
+                ours = compat.from_reference(ref).eval()
+            except Exception as e:  # noqa: BLE001
+                print(f"| {name} T{T} | attnhut | not comparable: {type(e).__name__}: {e} |")
+                continue
+            with torch.no_grad():
+                o, p = paired(lambda: ours(x), lambda: ref(x), reps)
+            t.add(f"{name} T{T} fwd", f"attnhut {attnhut.__version__ if hasattr(attnhut, '__version__') else ''}", o, p)
+            xg = x.clone().requires_grad_()
+            o, p = paired(lambda: ours(xg).sum().backward(), lambda: ref(xg).sum().backward(), reps)
+            t.add(f"{name} T{T} train step", "attnhut", o, p)
+
+
+def main(argv: Optional[list] = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="small shapes (a smoke test)")
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
+    ap.add_argument("--only", default="dense,flex,decode,sparse")
+    a = ap.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    only = set(a.only.split(","))
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; ratio = peer / attnkit "
+          f"(above 1: attnkit faster), medians of {a.reps}")
+    print("| row | peer | attnkit ms | peer ms | ratio |\n|---|---|---|---|---|")
+    t = Table()
+    if a.quick:
+        shapes, tc, tw, win, tk, seqs = [(2, 256, 32)], 256, 512, 32, 1024, [256]
+    else:
+        shapes, tc, tw, win, tk, seqs = [(8, 4096, 128), (8, 2048, 64)], 4096, 16384, 256, 32768, [4096]
+    if "dense" in only:
+        dense_rows(t, shapes, a.reps)
+    if "flex" in only:
+        flex_rows(t, tc, tw, win, a.reps)
+    if "decode" in only:
+        decode_rows(t, tk, a.reps)
+    if "sparse" in only:
+        sparse_rows(t, seqs, a.reps)
+
+
+if __name__ == "__main__":
+    main()
