@@ -2,8 +2,10 @@
 
 Each operator runs the C++ functional (the fused CPU kernel where one applies, else the
 composed reference) and has a fake-tensor implementation, so ``torch.compile`` traces through
-it, and an autograd formula. The backward operators recompute the forward with the C++ autograd
-and return its vector-Jacobian product (one extra forward per backward).
+it, and an autograd formula. flex_attention's backward is the fused backward kernel, from the
+forward's output and log-sum-exp; the other backward operators (and flex_attention's in float64)
+recompute the forward under the C++ autograd and return its vector-Jacobian product (one extra
+forward per backward).
 """
 
 from __future__ import annotations
@@ -42,20 +44,22 @@ def _(q, k, v, scale, causal, window_left, window_right, sinks, softcap, alibi_s
 
 
 @torch.library.custom_op("attnkit::flex_attention_backward", mutates_args=())
-def _flex_backward(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, scale: Optional[float],
-                   causal: bool, window_left: Optional[int], window_right: Optional[int],
-                   sinks: Optional[Tensor], softcap: float, alibi_slopes: Optional[Tensor],
-                   bias: Optional[Tensor], mask: Optional[Tensor], block_keep: Optional[Tensor],
-                   block_q: int, block_k: int) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    g = _C.flex_attention_vjp(dout, q, k, v, scale, causal, window_left, window_right, sinks,
-                              softcap, alibi_slopes, bias, mask, block_keep, block_q, block_k)
+def _flex_backward(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
+                   scale: Optional[float], causal: bool, window_left: Optional[int],
+                   window_right: Optional[int], sinks: Optional[Tensor], softcap: float,
+                   alibi_slopes: Optional[Tensor], bias: Optional[Tensor], mask: Optional[Tensor],
+                   block_keep: Optional[Tensor], block_q: int,
+                   block_k: int) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    g = _C.flex_attention_vjp(dout, q, k, v, out, lse, scale, causal, window_left, window_right,
+                              sinks, softcap, alibi_slopes, bias, mask, block_keep, block_q,
+                              block_k)
     like = (q, k, v, sinks, bias)
     return tuple(_grad_or_zeros(gi, t) for gi, t in zip(g, like))
 
 
 @_flex_backward.register_fake
-def _(dout, q, k, v, scale, causal, window_left, window_right, sinks, softcap, alibi_slopes,
-      bias, mask, block_keep, block_q, block_k):
+def _(dout, q, k, v, out, lse, scale, causal, window_left, window_right, sinks, softcap,
+      alibi_slopes, bias, mask, block_keep, block_q, block_k):
     return tuple(_empty_like_or_0(t, q) for t in (q, k, v, sinks, bias))
 
 
@@ -72,13 +76,13 @@ def _empty_like_or_0(t: Optional[Tensor], q: Tensor) -> Tensor:
 
 def _flex_setup(ctx, inputs, output):
     ctx.inputs = inputs
-    ctx.save_for_backward(*(t for t in inputs if isinstance(t, Tensor)))
+    ctx.save_for_backward(*output)  # (saving the outputs as attributes would form a cycle)
 
 
 def _flex_grad(ctx, dout, dlse):
     i = ctx.inputs
-    g = _flex_backward(dout, *i[:3], *i[3:])
-    dq, dk, dv, dsinks, dbias = g
+    out, lse = ctx.saved_tensors
+    dq, dk, dv, dsinks, dbias = _flex_backward(dout, i[0], i[1], i[2], out, lse, *i[3:])
     return (dq, dk, dv, None, None, None, None, dsinks if i[7] is not None else None, None, None,
             dbias if i[10] is not None else None, None, None, None, None)
 

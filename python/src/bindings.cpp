@@ -6,6 +6,8 @@
 #include <attnkit/attnkit.h>
 #include <attnkit/factory.h>
 
+#include "ops/flex_attention.h"  // the fused backward, from the library's op layer
+
 #include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/csrc/autograd/autograd.h>
 #include <torch/extension.h>
@@ -260,13 +262,27 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
           functional::FlexAttentionResult r = functional::flex_attention(q, k, v, o);
           return std::make_tuple(r.output, r.lse);
         });
+  // The fused backward from the forward's output and lse where the fused kernels ran (fp32 and
+  // bf16 on the CPU); otherwise the reference forward recomputed under autograd.
   m.def("flex_attention_vjp",
         [](const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
-           std::optional<double> scale, bool causal, std::optional<int64_t> window_left,
-           std::optional<int64_t> window_right, const OptTensor& sinks, double softcap,
-           const OptTensor& alibi_slopes, const OptTensor& bias, const OptTensor& mask,
-           const OptTensor& block_keep, int64_t block_q, int64_t block_k) {
+           const Tensor& out, const Tensor& lse, std::optional<double> scale, bool causal,
+           std::optional<int64_t> window_left, std::optional<int64_t> window_right,
+           const OptTensor& sinks, double softcap, const OptTensor& alibi_slopes,
+           const OptTensor& bias, const OptTensor& mask, const OptTensor& block_keep,
+           int64_t block_q, int64_t block_k) {
           py::gil_scoped_release release;
+          if (functional::fused_backend_selected() && ops::fused_supported(q)) {
+            auto o = flex_options(scale, causal, window_left, window_right,
+                                  value_or_undefined(sinks), softcap,
+                                  value_or_undefined(alibi_slopes), value_or_undefined(bias),
+                                  value_or_undefined(mask), value_or_undefined(block_keep),
+                                  block_q, block_k);
+            ops::FlexAttentionGrads g = ops::flex_attention_backward(
+                dout.contiguous(), q, k, v, out, lse.to(torch::kFloat), o, sinks.has_value(),
+                bias.has_value());
+            return std::vector<Tensor>{g.dq, g.dk, g.dv, g.dsinks, g.dbias};
+          }
           auto run = [&](const std::vector<Tensor>& in) {
             auto o = flex_options(scale, causal, window_left, window_right, in[3], softcap,
                                   value_or_undefined(alibi_slopes), in[4],

@@ -180,3 +180,42 @@ def test_flex_property(B, Hkv, rep, Tq, Tk, D, dtype, causal, masked, transposed
     out = attnkit.flex_attention(q, k, v, causal=causal, mask=mask)
     tol = 1e-10 if dtype == torch.float64 else 2e-5
     torch.testing.assert_close(out, naive_attention(q, k, v, keep), rtol=tol, atol=tol)
+
+
+@settings(max_examples=20, deadline=None)
+@given(B=st.integers(1, 2), Hkv=st.integers(1, 2), rep=st.sampled_from([1, 2]),
+       Tq=st.integers(1, 24), Tk=st.integers(1, 30), K=st.integers(1, 8),
+       D=st.sampled_from([4, 16, 20]), dtype=st.sampled_from([torch.float32, torch.float64]),
+       shared=st.booleans(), seed=st.integers(0, 1000))
+def test_gather_property(B, Hkv, rep, Tq, Tk, K, D, dtype, shared, seed):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(B, Hkv * rep, Tq, D, generator=g, dtype=dtype)
+    k = torch.randn(B, Hkv, Tk, D, generator=g, dtype=dtype)
+    v = torch.randn(B, Tk, Hkv, D, generator=g, dtype=dtype).transpose(1, 2)  # strided
+    lists = 1 if shared else Hkv
+    idx = torch.stack([torch.randperm(Tk, generator=g)[:K] for _ in range(B * lists * Tq)])
+    idx = torch.cat([idx, torch.full((idx.shape[0], K - idx.shape[1]), -1)], 1)  # K > Tk pads
+    idx = idx.view(B, lists, Tq, K)
+    idx = idx.masked_fill(torch.rand(idx.shape, generator=g) < 0.2, -1)
+    out = attnkit.gather_attention(q, k, v, idx)
+    tol = 1e-10 if dtype == torch.float64 else 2e-5
+    torch.testing.assert_close(out, gather_reference(q, k, v, idx.expand(B, Hkv, Tq, K)),
+                               rtol=tol, atol=tol)
+
+
+@settings(max_examples=15, deadline=None)
+@given(H=st.integers(1, 3), T=st.integers(1, 40), dk=st.sampled_from([4, 8, 16]),
+       chunk=st.sampled_from([4, 16, 64]), dtype=st.sampled_from([torch.float32, torch.float64]),
+       seed=st.integers(0, 1000))
+def test_gated_delta_rule_property(H, T, dk, chunk, dtype, seed):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(1, H, T, dk, generator=g, dtype=dtype)
+    k = F.normalize(torch.randn(1, H, T, dk, generator=g, dtype=dtype), dim=-1)
+    v = torch.randn(1, H, T, dk, generator=g, dtype=dtype)
+    gate = -torch.rand(1, H, T, generator=g, dtype=dtype)
+    beta = torch.rand(1, H, T, generator=g, dtype=dtype)
+    out, state = attnkit.gated_delta_rule(q, k, v, gate, beta, chunk_size=chunk)
+    ref_out, ref_state = gdr_reference(q, k, v, gate, beta)
+    tol = 1e-9 if dtype == torch.float64 else 1e-4
+    torch.testing.assert_close(out, ref_out, rtol=tol, atol=tol)
+    torch.testing.assert_close(state, ref_state, rtol=tol, atol=tol)
