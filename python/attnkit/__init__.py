@@ -10,7 +10,8 @@ import torch  # loads libtorch before the extension that links it
 
 from . import _C
 from ._C import DecodeState, Error
-from ._modules import CLASSES, Attention, AttentionAux, make, mechanisms
+from ._modules import (CLASSES, Attention, AttentionAux, CausalJEPAAttention, CausalJEPAOutput,
+                       SlotAttention, make, mechanisms)
 from .ops import (BlockMask, create_block_mask, flex_attention, gated_delta_rule,
                   gather_attention, index_topk)
 
@@ -27,6 +28,12 @@ def msa_index_aux_loss(index_scores, attn_weights, keep, eps=1e-9):
     return _C.msa_index_aux_loss(index_scores, attn_weights, keep, eps)
 
 
-__all__ = ["Attention", "AttentionAux", "BlockMask", "DecodeState", "Error", "make",
+def cjepa_masked_loss(pred, target, mask_slots, history_frames):
+    """C-JEPA's masked latent loss over the future frames and the hidden history objects."""
+    return _C.cjepa_masked_loss(pred, target, mask_slots, history_frames)
+
+
+__all__ = ["Attention", "AttentionAux", "SlotAttention", "CausalJEPAAttention",
+           "CausalJEPAOutput", "cjepa_masked_loss", "BlockMask", "DecodeState", "Error", "make",
            "mechanisms", "create_block_mask", "flex_attention", "gather_attention", "index_topk",
            "gated_delta_rule", "dsa_index_aux_loss", "msa_index_aux_loss", *CLASSES]

@@ -198,3 +198,60 @@ def make(name: str, *args: Any, **options: Any) -> Attention:
 def mechanisms() -> list:
     """Every mechanism with its options, types and defaults (the C++ catalogue)."""
     return _catalog()
+
+
+class SlotAttention(_Bound):
+    """Slot attention (Locatello et al., 2020): inputs [B, N, dim] -> slots [B, num_slots, dim].
+    The initial slots are drawn with torch's global generator (``torch.manual_seed``)."""
+
+    def __init__(self, dim: int, num_slots: int, num_iters: int = 3, hidden_dim: int = 128,
+                 eps: float = 1e-8) -> None:
+        super().__init__()
+        self.options = dict(dim=dim, num_slots=num_slots, num_iters=num_iters,
+                            hidden_dim=hidden_dim, eps=eps)
+        self._bind(_C.SlotAttention(**self.options))
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self._cpp_module.forward(inputs)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self._cpp_module.train(mode)
+        return self
+
+
+@dataclasses.dataclass
+class CausalJEPAOutput:
+    """pred [B, Th + Tp, S, dim]: predicted slots for every frame; mask_slots int64
+    [num_masked]: the objects hidden over history frames 1 .. Th-1."""
+
+    pred: torch.Tensor
+    mask_slots: torch.Tensor
+
+
+class CausalJEPAAttention(_Bound):
+    """The C-JEPA object-centric predictor: slots [B, Th, S, dim] -> CausalJEPAOutput. Hidden
+    objects are drawn with torch's global generator unless ``mask_slots`` is given."""
+
+    def __init__(self, dim: int, num_heads: int, num_slots: int, history_frames: int,
+                 pred_frames: int = 1, num_masked_slots: int = 2, depth: int = 6,
+                 mlp_dim: int = 0, dropout: float = 0.0, bias: bool = True) -> None:
+        super().__init__()
+        self.options = dict(dim=dim, num_heads=num_heads, num_slots=num_slots,
+                            history_frames=history_frames, pred_frames=pred_frames,
+                            num_masked_slots=num_masked_slots, depth=depth, mlp_dim=mlp_dim,
+                            dropout=dropout, bias=bias)
+        self._bind(_C.CausalJEPAAttention(**self.options))
+
+    def forward(self, slots: torch.Tensor,
+                mask_slots: Optional[torch.Tensor] = None) -> CausalJEPAOutput:
+        return CausalJEPAOutput(*self._cpp_module.forward(slots, mask_slots))
+
+    def predict(self, slots: torch.Tensor) -> torch.Tensor:
+        """Rolls out the future from a fully visible history: [B, Th, S, dim] -> [B, Tp, S, dim]."""
+        return self._cpp_module.predict(slots)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self._cpp_module.train(mode)
+        return self

@@ -234,6 +234,52 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         return std::dynamic_pointer_cast<AttentionImpl>(self.clone());
       });
 
+  // The set-to-set modules, with shapes of their own (no factory entry, no decoding).
+  py::class_<SlotAttentionImpl, torch::nn::Module, std::shared_ptr<SlotAttentionImpl>>(
+      m, "SlotAttention", py::module_local())
+      .def(py::init([](int64_t dim, int64_t num_slots, int64_t num_iters, int64_t hidden_dim,
+                       double eps) {
+             return std::make_shared<SlotAttentionImpl>(SlotAttentionOptions(dim, num_slots)
+                                                            .num_iters(num_iters)
+                                                            .hidden_dim(hidden_dim)
+                                                            .eps(eps));
+           }),
+           py::arg("dim"), py::arg("num_slots"), py::arg("num_iters"), py::arg("hidden_dim"),
+           py::arg("eps"))
+      .def("forward", [](SlotAttentionImpl& self, const Tensor& inputs) {
+        py::gil_scoped_release release;
+        return self.forward(inputs);
+      });
+  py::class_<CausalJEPAAttentionImpl, torch::nn::Module, std::shared_ptr<CausalJEPAAttentionImpl>>(
+      m, "CausalJEPAAttention", py::module_local())
+      .def(py::init([](int64_t dim, int64_t num_heads, int64_t num_slots, int64_t history_frames,
+                       int64_t pred_frames, int64_t num_masked_slots, int64_t depth,
+                       int64_t mlp_dim, double dropout, bool bias) {
+             return std::make_shared<CausalJEPAAttentionImpl>(
+                 CausalJEPAAttentionOptions(dim, num_heads, num_slots, history_frames)
+                     .pred_frames(pred_frames)
+                     .num_masked_slots(num_masked_slots)
+                     .depth(depth)
+                     .mlp_dim(mlp_dim)
+                     .dropout(dropout)
+                     .bias(bias));
+           }),
+           py::arg("dim"), py::arg("num_heads"), py::arg("num_slots"), py::arg("history_frames"),
+           py::arg("pred_frames"), py::arg("num_masked_slots"), py::arg("depth"),
+           py::arg("mlp_dim"), py::arg("dropout"), py::arg("bias"))
+      .def("forward",
+           [](CausalJEPAAttentionImpl& self, const Tensor& slots, const OptTensor& mask_slots) {
+             py::gil_scoped_release release;
+             CausalJEPAOutput o = self.forward(slots, value_or_undefined(mask_slots));
+             return std::make_tuple(o.pred, o.mask_slots);
+           })
+      .def("predict", [](CausalJEPAAttentionImpl& self, const Tensor& slots) {
+        py::gil_scoped_release release;
+        return self.predict(slots);
+      });
+  m.def("cjepa_masked_loss", &cjepa_masked_loss, py::arg("pred"), py::arg("target"),
+        py::arg("mask_slots"), py::arg("history_frames"));
+
   m.def("make_attention",
         [](const std::string& name, const std::string& json) {
           return make_attention(name, json).ptr();
