@@ -479,7 +479,9 @@ void projected_fields(Binder& b, ProjectedAttentionOptions& o) {
   REQ(b, o, num_heads);
   OPT(b, o, causal);
   OPT(b, o, dropout);
+  OPT(b, o, temperature);
   OPT(b, o, bias);
+  OPT(b, o, rope);
 }
 
 Attention make_standard(Binder& b) {
@@ -502,6 +504,7 @@ Attention make_gqa(Binder& b) {
   OPT(b, o, head_dim);
   OPT(b, o, causal);
   OPT(b, o, dropout);
+  OPT(b, o, temperature);
   OPT(b, o, bias);
   OPT(b, o, qk_norm_eps);
   OPT(b, o, qk_norm_zero_centered);
@@ -525,6 +528,7 @@ Attention make_mla(Binder& b) {
   OPT(b, o, norm_eps);
   OPT(b, o, causal);
   OPT(b, o, dropout);
+  OPT(b, o, bias);
   OPT(b, o, rope);
   return b.build<MultiHeadLatentAttention>(o);
 }
@@ -717,6 +721,7 @@ Attention make_linear(Binder& b) {
   OPT(b, o, eps);
   OPT(b, o, chunk_size);
   OPT(b, o, bias);
+  OPT(b, o, rope);
   return b.build<LinearAttention>(o);
 }
 

@@ -28,6 +28,12 @@ def msa_index_aux_loss(index_scores, attn_weights, keep, eps=1e-9):
     return _C.msa_index_aux_loss(index_scores, attn_weights, keep, eps)
 
 
+def msa_index_aux_loss_v040(block_scores, attn_weights, block_size, group_size, eps=1e-9):
+    """MiniMax sparse attention's block-level index loss (attnhut 0.4.0's form): cross entropy
+    of softmax(block_scores) against each block's share of the group-averaged attention mass."""
+    return _C.msa_index_aux_loss_v040(block_scores, attn_weights, block_size, group_size, eps)
+
+
 def cjepa_masked_loss(pred, target, mask_slots, history_frames):
     """C-JEPA's masked latent loss over the future frames and the hidden history objects."""
     return _C.cjepa_masked_loss(pred, target, mask_slots, history_frames)
@@ -36,4 +42,5 @@ def cjepa_masked_loss(pred, target, mask_slots, history_frames):
 __all__ = ["Attention", "AttentionAux", "SlotAttention", "CausalJEPAAttention",
            "CausalJEPAOutput", "cjepa_masked_loss", "BlockMask", "DecodeState", "Error", "make",
            "mechanisms", "create_block_mask", "flex_attention", "gather_attention", "index_topk",
-           "gated_delta_rule", "dsa_index_aux_loss", "msa_index_aux_loss", *CLASSES]
+           "gated_delta_rule", "dsa_index_aux_loss", "msa_index_aux_loss",
+           "msa_index_aux_loss_v040", *CLASSES]

@@ -158,14 +158,13 @@ def _attnhut_gqa(m) -> Dict[str, Any]:
 def _attnhut_mla(m) -> Dict[str, Any]:
     # attnhut always has the query bottleneck (q_lora_rank None means dim // 2), so it is passed
     # explicitly: attnkit's None means a direct q_proj (d9d's default). RoPE is rotate-half.
-    opts = dict(dim=m.q_down.in_features, num_heads=m.num_heads, q_lora_rank=m.q_lora_rank,
+    # bias=True puts a bias on all five Linears (q_down, q_up, kv_down, kv_up, proj): attnkit's
+    # bias option does the same.
+    return dict(dim=m.q_down.in_features, num_heads=m.num_heads, q_lora_rank=m.q_lora_rank,
                 kv_lora_rank=m.kv_lora_rank, qk_nope_head_dim=m.qk_nope_head_dim,
                 qk_rope_head_dim=m.qk_rope_head_dim, v_head_dim=m.v_head_dim,
-                causal=bool(m.causal), norm_eps=1e-6,
+                causal=bool(m.causal), norm_eps=1e-6, bias=_has_bias(m.q_down),
                 rope={"style": "half", "theta": float(m.rope_theta)})
-    if _has_bias(m.q_down):
-        opts["bias"] = True  # attnkit's MLA has no bias: make() reports it
-    return opts
 
 
 def _attnhut_bigbird(m) -> Dict[str, Any]:
@@ -236,6 +235,8 @@ def _attnhut_diff(m) -> Dict[str, Any]:
 
 
 def _rope_interleaved(m) -> Dict[str, Any]:
+    # attzoo's rope=True: pairs (2i, 2i + 1) over the whole head, theta 10000 (RopeOptions'
+    # default theta and dim 0 = the whole head)
     return {"rope": {"style": "interleaved"}} if getattr(m, "rope", False) else {}
 
 
@@ -257,8 +258,8 @@ def _attzoo_common(m, heads: int) -> Dict[str, Any]:
 
 
 def _attzoo_vanilla(m) -> Dict[str, Any]:
-    # one head over the whole model width; temperature and rope are sent only when set (the
-    # standard mechanism takes them as extensions)
+    # one head over the whole model width; temperature and rope are sent only when set, so a
+    # plain module's config stays the plain StandardAttention options
     return {**_attzoo_common(m, 1), **_temperature(m, False), **_rope_interleaved(m)}
 
 

@@ -290,6 +290,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("dsa_index_aux_loss", &dsa_index_aux_loss, py::arg("index_scores"), py::arg("attn_weights"));
   m.def("msa_index_aux_loss", &msa_index_aux_loss, py::arg("index_scores"),
         py::arg("attn_weights"), py::arg("keep"), py::arg("eps") = 1e-9);
+  m.def("msa_index_aux_loss_v040", &msa_index_aux_loss_v040, py::arg("block_scores"),
+        py::arg("attn_weights"), py::arg("block_size"), py::arg("group_size"),
+        py::arg("eps") = 1e-9);
 
   // --- kernels: forwards and vector-Jacobian products for the torch.library operators ---------
   m.def("flex_attention",

@@ -2,6 +2,8 @@
 
 #include <attnkit/functional/dot_product_attention.h>
 
+#include <cmath>
+
 namespace attnkit {
 namespace detail {
 
@@ -109,6 +111,10 @@ AttentionOutput grouped_attention(const GroupedSpec& spec,
       .sinks(layers.sinks)
       .dropout(training ? spec.dropout : 0.0)
       .need_weights(need_weights);
+  // temperature 1 keeps the functional's own 1/sqrt(hd), bit for bit
+  if (spec.temperature != 1.0) {
+    o.scale(1.0 / (std::sqrt(static_cast<double>(hd)) * spec.temperature));
+  }
   add_attn_mask(spec.mechanism, attn_mask, B, H, T, o);
   AttentionResult r = functional::dot_product_attention(q, k, v, o);
 

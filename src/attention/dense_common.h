@@ -43,6 +43,8 @@ struct GroupedSpec {
   double dropout = 0.0;
   std::optional<int64_t> window_left;
   std::optional<int64_t> window_right;
+  /// Softmax temperature: the scale is 1 / (sqrt(head_dim) * temperature).
+  double temperature = 1.0;
 };
 
 /// The layers of one grouped module; optional ones are null / undefined.

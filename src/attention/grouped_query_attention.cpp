@@ -31,6 +31,7 @@ GroupedQueryAttentionImpl::GroupedQueryAttentionImpl(GroupedQueryAttentionOption
               ") must be divisible by num_kv_heads (", o.num_kv_heads(), ")");
   TORCH_CHECK(o.dropout() >= 0 && o.dropout() < 1, kName, ": dropout must be in [0, 1), got ",
               o.dropout());
+  TORCH_CHECK(o.temperature() > 0, kName, ": temperature must be positive, got ", o.temperature());
   if (o.qk_norm_eps()) {
     TORCH_CHECK(*o.qk_norm_eps() >= 0, kName, ": qk_norm_eps must be >= 0, got ", *o.qk_norm_eps());
   }
@@ -88,7 +89,8 @@ void GroupedQueryAttentionImpl::pretty_print(std::ostream& stream) const {
   stream << "attnkit::GroupedQueryAttention(dim=" << o.dim() << ", num_heads=" << o.num_heads()
          << ", num_kv_heads=" << o.num_kv_heads() << ", head_dim=" << o.head_dim()
          << ", causal=" << detail::str(o.causal()) << ", dropout=" << o.dropout()
-         << ", bias=" << detail::str(o.bias()) << ", qk_norm_eps=";
+         << ", temperature=" << o.temperature() << ", bias=" << detail::str(o.bias())
+         << ", qk_norm_eps=";
   if (o.qk_norm_eps()) {
     stream << *o.qk_norm_eps();
   } else {
@@ -128,7 +130,8 @@ AttentionOutput GroupedQueryAttentionImpl::run(const torch::Tensor& x,
                            options.causal(),
                            options.dropout(),
                            options.window_left(),
-                           options.window_right()};
+                           options.window_right(),
+                           options.temperature()};
   detail::GroupedLayers layers{
       q_proj, k_proj, v_proj, o_proj, gate_proj, q_norm, k_norm, rope_ ? &*rope_ : nullptr, sinks};
   return detail::grouped_attention(spec, layers, x, attn_mask, state, is_training(), need_weights);

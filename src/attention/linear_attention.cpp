@@ -50,6 +50,8 @@ void LinearAttentionImpl::reset() {
   k_proj = register_module("k_proj", linear(D, HF));
   v_proj = register_module("v_proj", linear(D, D));
   o_proj = register_module("o_proj", linear(D, D));
+  // Validates rope.dim against feature_dim once, at construction.
+  if (o.rope()) rope_.emplace(*o.rope(), o.feature_dim(), kName);
 }
 
 void LinearAttentionImpl::reset_parameters() {
@@ -61,7 +63,9 @@ void LinearAttentionImpl::pretty_print(std::ostream& stream) const {
   stream << "attnkit::LinearAttention(dim=" << o.dim() << ", num_heads=" << o.num_heads()
          << ", feature_dim=" << o.feature_dim() << ", feature_map=" << to_string(o.feature_map())
          << ", causal=" << detail::str(o.causal()) << ", eps=" << o.eps()
-         << ", chunk_size=" << o.chunk_size() << ", bias=" << detail::str(o.bias()) << ")";
+         << ", chunk_size=" << o.chunk_size() << ", bias=" << detail::str(o.bias()) << ", rope=";
+  detail::print_rope(stream, o.rope());
+  stream << ")";
 }
 
 torch::Tensor LinearAttentionImpl::features(const torch::Tensor& x) const {
@@ -83,9 +87,11 @@ AttentionOutput LinearAttentionImpl::run(const torch::Tensor& x,
   const auto& o = options;
   const int64_t B = x.size(0), T = x.size(1), H = o.num_heads();
   const int64_t F = o.feature_dim(), Dv = o.dim() / H;
-  torch::Tensor q = features(detail::project_heads(q_proj, x, H));  // [B, H, T, F]
-  torch::Tensor k = features(detail::project_heads(k_proj, x, H));  // [B, H, T, F]
-  torch::Tensor v = detail::project_heads(v_proj, x, H);            // [B, H, T, Dv]
+  const int64_t offset = state ? state->length() : 0;
+  const RotaryEmbedding* rope = rope_ ? &*rope_ : nullptr;
+  torch::Tensor q = features(detail::apply_rope(rope, detail::project_heads(q_proj, x, H), offset));
+  torch::Tensor k = features(detail::apply_rope(rope, detail::project_heads(k_proj, x, H), offset));
+  torch::Tensor v = detail::project_heads(v_proj, x, H);  // q, k: [B, H, T, F]; v: [B, H, T, Dv]
   const double eps = o.eps();
 
   torch::Tensor out, weights;

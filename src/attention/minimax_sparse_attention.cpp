@@ -249,12 +249,14 @@ MiniMaxSparseOutput MiniMaxSparseAttentionImpl::run(const torch::Tensor& x,
       index_scale;
   index_scores = index_scores.masked_fill(visible.logical_not(), kNegInf);
 
-  // Block scores [B, Gk, T, nb]: max over each block's tokens (the tail padded with -inf).
-  torch::Tensor padded = torch::constant_pad_nd(index_scores.detach(), {0, nb * bs - Tk}, kNegInf);
+  // Block scores [B, Gk, T, nb]: max over each block's tokens (the tail padded with -inf). They
+  // keep their gradient for the 0.4.0 block-level loss (msa_index_aux_loss_v040); the selection
+  // never passes one.
+  torch::Tensor padded = torch::constant_pad_nd(index_scores, {0, nb * bs - Tk}, kNegInf);
   torch::Tensor block_scores = std::get<0>(padded.view({B, Gk, T, nb, bs}).max(-1));
   // Top blocks by a stable descending sort: equal scores keep the earlier block whatever nb is.
-  torch::Tensor order = std::get<1>(torch::sort(block_scores, /*stable=*/true, /*dim=*/-1,
-                                                /*descending=*/true));
+  torch::Tensor order = std::get<1>(torch::sort(block_scores.detach(), /*stable=*/true,
+                                                /*dim=*/-1, /*descending=*/true));
 
   torch::Tensor blocks =
       torch::zeros({B, Gk, T, nb}, bool_opts).scatter(-1, order.narrow(-1, 0, K), true);
@@ -352,6 +354,47 @@ torch::Tensor msa_index_aux_loss(const torch::Tensor& index_scores,
   torch::Tensor terms = teacher * (torch::log(teacher.clamp_min(eps)) - student);
   terms = torch::where(positive, terms, torch::zeros_like(terms));
   return terms.sum(-1).mean();
+}
+
+torch::Tensor msa_index_aux_loss_v040(const torch::Tensor& block_scores,
+                                      const torch::Tensor& attn_weights,
+                                      int64_t block_size,
+                                      int64_t group_size,
+                                      double eps) {
+  constexpr const char* fn = "msa_index_aux_loss_v040";
+  TORCH_CHECK(block_scores.defined() && block_scores.dim() == 4, fn,
+              ": expected block_scores of shape [B, G, T, nb], got ",
+              block_scores.defined() ? block_scores.sizes() : c10::IntArrayRef{});
+  TORCH_CHECK(attn_weights.defined() && attn_weights.dim() == 4, fn,
+              ": expected attn_weights of shape [B, H, T, Tk], got ",
+              attn_weights.defined() ? attn_weights.sizes() : c10::IntArrayRef{});
+  TORCH_CHECK(block_size > 0, fn, ": block_size must be positive, got ", block_size);
+  TORCH_CHECK(group_size > 0, fn, ": group_size must be positive, got ", group_size);
+  TORCH_CHECK(eps > 0, fn, ": eps must be positive, got ", eps);
+  const int64_t B = block_scores.size(0), G = block_scores.size(1), T = block_scores.size(2);
+  const int64_t nb = block_scores.size(3), H = attn_weights.size(1), Tk = attn_weights.size(3);
+  TORCH_CHECK(attn_weights.size(0) == B && attn_weights.size(2) == T && H == G * group_size, fn,
+              ": expected attn_weights [B, H, T, Tk] with H = G * group_size (", G, " * ",
+              group_size, ") to match block_scores [B, G, T, nb] = ", block_scores.sizes(),
+              ", got ", attn_weights.sizes());
+  TORCH_CHECK(Tk <= nb * block_size, fn, ": attn_weights has ", Tk, " keys but block_scores ",
+              "covers nb * block_size = ", nb, " * ", block_size, " = ", nb * block_size);
+  const auto compute =
+      block_scores.scalar_type() == torch::kDouble ? torch::kDouble : torch::kFloat;
+  // mass <- attention weight per key block (keys past Tk are 0), then the group's head mean
+  torch::Tensor mass = torch::constant_pad_nd(attn_weights.detach().to(compute),
+                                              {0, nb * block_size - Tk});
+  mass = mass.view({B, H, T, nb, block_size}).sum(-1);
+  mass = mass.view({B, G, group_size, T, nb}).mean(2);  // [B, G, T, nb]
+  torch::Tensor teacher = mass / mass.sum(-1, /*keepdim=*/true).clamp_min(eps);
+  // log_softmax over the blocks; a row without a finite score gets zeros (no NaN, forward or back)
+  torch::Tensor scores = block_scores.to(compute);
+  torch::Tensor any = (scores > kNegInf).any(-1, /*keepdim=*/true);
+  torch::Tensor log_p =
+      torch::log_softmax(torch::where(any, scores, torch::zeros_like(scores)), -1);
+  // blocks without mass contribute 0 (their score may be -inf)
+  log_p = torch::where(teacher != 0, log_p, torch::zeros_like(log_p));
+  return -(teacher * log_p).sum(-1).mean();
 }
 
 }  // namespace attnkit

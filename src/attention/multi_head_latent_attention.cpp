@@ -57,8 +57,8 @@ void MultiHeadLatentAttentionImpl::reset() {
   const auto& o = options;
   const int64_t D = o.dim(), H = o.num_heads(), nope = o.qk_nope_head_dim();
   const int64_t rope = o.qk_rope_head_dim(), vd = o.v_head_dim(), kv_lora = o.kv_lora_rank();
-  auto linear = [](int64_t in, int64_t out) {
-    return torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(false));
+  auto linear = [&](int64_t in, int64_t out) {
+    return torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(o.bias()));
   };
   auto norm = [&](int64_t width) { return RMSNorm(RMSNormOptions(width).eps(o.norm_eps())); };
   if (o.q_lora_rank()) {
@@ -95,7 +95,8 @@ void MultiHeadLatentAttentionImpl::pretty_print(std::ostream& stream) const {
   stream << ", kv_lora_rank=" << o.kv_lora_rank() << ", qk_nope_head_dim=" << o.qk_nope_head_dim()
          << ", qk_rope_head_dim=" << o.qk_rope_head_dim() << ", v_head_dim=" << o.v_head_dim()
          << ", norm_eps=" << o.norm_eps() << ", causal=" << detail::str(o.causal())
-         << ", dropout=" << o.dropout() << ", " << o.rope() << ")";
+         << ", dropout=" << o.dropout() << ", bias=" << detail::str(o.bias()) << ", " << o.rope()
+         << ")";
 }
 
 AttentionOutput MultiHeadLatentAttentionImpl::run(const torch::Tensor& x,
@@ -146,6 +147,9 @@ AttentionOutput MultiHeadLatentAttentionImpl::run(const torch::Tensor& x,
     //   q_nope . (W_uk c) = (W_uk^T q_nope) . c   and   sum_j a_j W_uv c_j = W_uv (sum_j a_j c_j),
     // so attention runs as MQA over [latent | rope key] with values = latent, and W_uv is applied
     // to the (kv_lora-wide) result.
+    // With a kv_b_proj bias [b_k | b_v]: q_nope . b_k is one constant per query, which the
+    // softmax cancels; sum_j a_j b_v = b_v sum_j a_j, so the values get a ones channel that
+    // carries sum_j a_j (1 without dropout).
     torch::Tensor latent_all = state->append("latent", latent, 1);    // [B, Tk, kv_lora]
     torch::Tensor k_rope_all = state->append("rope_key", k_rope, 1);  // [B, Tk, rope]
     state->advance(T);
@@ -155,8 +159,18 @@ AttentionOutput MultiHeadLatentAttentionImpl::run(const torch::Tensor& x,
     torch::Tensor q_latent = torch::einsum("bthn,hnc->bhtc", {q_nope, w_uk});  // [B, H, T, kv_lora]
     torch::Tensor q_abs = torch::cat({q_latent, q_rope.transpose(1, 2)}, -1);
     torch::Tensor k_abs = torch::cat({latent_all, k_rope_all}, -1).unsqueeze(1);  // [B, 1, Tk, ·]
-    r = functional::dot_product_attention(q_abs, k_abs, latent_all.unsqueeze(1), attn);
-    out = torch::einsum("bhtc,hvc->bhtv", {r.output, w_uv});  // [B, H, T, vd]
+    const bool value_bias = kv_b_proj->bias.defined();
+    torch::Tensor v_abs = latent_all;  // [B, Tk, kv_lora (+ 1)]
+    if (value_bias) {
+      v_abs = torch::cat({latent_all, torch::ones_like(latent_all.narrow(-1, 0, 1))}, -1);
+    }
+    r = functional::dot_product_attention(q_abs, k_abs, v_abs.unsqueeze(1), attn);
+    // out <- W_uv (sum_j a_j c_j) (+ b_v sum_j a_j): [B, H, T, vd]
+    out = torch::einsum("bhtc,hvc->bhtv", {r.output.narrow(-1, 0, kv_lora), w_uv});
+    if (value_bias) {
+      torch::Tensor b_v = kv_b_proj->bias.view({H, nope + vd}).narrow(1, nope, vd);  // [H, vd]
+      out = out + r.output.narrow(-1, kv_lora, 1) * b_v.view({1, H, 1, vd});
+    }
   }
   out = out.transpose(1, 2).reshape({B, T, H * vd});
   return AttentionOutput{o_proj(out), r.weights};

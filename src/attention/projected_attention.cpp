@@ -18,6 +18,8 @@ ProjectedAttentionImpl::ProjectedAttentionImpl(ProjectedAttentionOptions options
               ") must be divisible by num_heads (", options.num_heads(), ")");
   TORCH_CHECK(options.dropout() >= 0 && options.dropout() < 1, name,
               ": dropout must be in [0, 1), got ", options.dropout());
+  TORCH_CHECK(options.temperature() > 0, name, ": temperature must be positive, got ",
+              options.temperature());
   num_kv_heads_ = num_kv_heads == 0 ? options.num_heads() : num_kv_heads;
 }
 
@@ -30,6 +32,8 @@ void ProjectedAttentionImpl::register_projections() {
   k_proj = register_module("k_proj", linear(D, kv_width));
   v_proj = register_module("v_proj", linear(D, kv_width));
   o_proj = register_module("o_proj", linear(D, D));
+  // Validates rope.dim against head_dim once, at construction.
+  if (options.rope()) rope_.emplace(*options.rope(), D / options.num_heads(), mechanism());
 }
 
 void ProjectedAttentionImpl::reset_parameters() {
@@ -39,7 +43,14 @@ void ProjectedAttentionImpl::reset_parameters() {
 void ProjectedAttentionImpl::pretty_print(std::ostream& stream) const {
   stream << "attnkit::" << mechanism() << "(dim=" << options.dim()
          << ", num_heads=" << options.num_heads() << ", causal=" << detail::str(options.causal())
-         << ", dropout=" << options.dropout() << ", bias=" << detail::str(options.bias()) << ")";
+         << ", dropout=" << options.dropout() << ", temperature=" << options.temperature()
+         << ", bias=" << detail::str(options.bias()) << ", rope=";
+  if (options.rope()) {
+    stream << *options.rope();
+  } else {
+    stream << "none";
+  }
+  stream << ")";
 }
 
 AttentionOutput ProjectedAttentionImpl::run(const torch::Tensor& x,
@@ -55,11 +66,13 @@ AttentionOutput ProjectedAttentionImpl::run(const torch::Tensor& x,
   spec.head_dim = options.dim() / options.num_heads();
   spec.causal = options.causal();
   spec.dropout = options.dropout();
+  spec.temperature = options.temperature();
   detail::GroupedLayers layers;
   layers.q_proj = q_proj;
   layers.k_proj = k_proj;
   layers.v_proj = v_proj;
   layers.o_proj = o_proj;
+  layers.rope = rope_ ? &*rope_ : nullptr;
   return detail::grouped_attention(spec, layers, x, attn_mask, state, is_training(), need_weights);
 }
 

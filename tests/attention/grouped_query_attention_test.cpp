@@ -51,6 +51,11 @@ ATTNKIT_CONTRACT_SUITE(
                            .qk_norm_zero_centered(true)
                            .rope(RopeOptions().style(RopeStyle::kInterleaved))));
                  },
+                 true},
+    ContractCase{"every_feature_temperature",
+                 [] {
+                   return as_attention(GroupedQueryAttention(full_options().temperature(0.6)));
+                 },
                  true});
 
 // The module against a loop re-implementation of docs/catalog.md, "Grouped-query attention",
@@ -87,6 +92,65 @@ TEST(GroupedQueryAttention, MatchesNaiveReimplementation) {
   o = o.transpose(1, 2).reshape({B, T, H * hd}) * torch::sigmoid(lin(attn->gate_proj));
   torch::Tensor expected = o.matmul(attn->o_proj->weight.to(torch::kDouble).t());
   EXPECT_LT(max_abs_diff(y, expected), 1e-5);
+}
+
+// temperature t (attzoo's GroupedSelfAttention): logits q.k / (sqrt(hd) * t); sinks and an
+// additive mask are not divided. Against plain torch ops on the module's weights, in double.
+TEST(GroupedQueryAttention, TemperatureMatchesNaiveReimplementation) {
+  torch::manual_seed(7);
+  const int64_t B = 2, T = 6, H = 4, Hkv = 2, hd = 8;
+  const double t = 0.6;
+  GroupedQueryAttention attn(GroupedQueryAttentionOptions(32, H, Hkv).bias(true).temperature(t));
+  attn->to(torch::kDouble);
+  torch::Tensor x = torch::randn({B, T, 32}, torch::kDouble);
+  torch::Tensor additive = torch::randn({B, T, T}, torch::kDouble);
+  torch::NoGradGuard no_grad;
+  auto heads = [&](torch::nn::Linear l, int64_t n) {
+    return l(x).view({B, T, n, hd}).transpose(1, 2);
+  };
+  torch::Tensor q = heads(attn->q_proj, H);
+  torch::Tensor k = heads(attn->k_proj, Hkv).repeat_interleave(H / Hkv, 1);  // [B, H, T, hd]
+  torch::Tensor v = heads(attn->v_proj, Hkv).repeat_interleave(H / Hkv, 1);
+  torch::Tensor w = torch::softmax(
+      q.matmul(k.transpose(-1, -2)) / (std::sqrt(double(hd)) * t) + additive.unsqueeze(1), -1);
+  torch::Tensor expected = attn->o_proj(w.matmul(v).transpose(1, 2).reshape({B, T, H * hd}));
+  EXPECT_LT(max_abs_diff(attn(x, additive), expected), 1e-12);
+
+  // every other option at once (norms, rope, gate, sinks), causal, through the loop reference
+  GroupedQueryAttention full(full_options().temperature(t));
+  full->to(torch::kDouble);
+  full->q_norm->weight.uniform_(0.5, 1.5);
+  full->k_norm->weight.uniform_(0.5, 1.5);
+  full->sinks.uniform_(-1, 1);
+  torch::Tensor xf = torch::randn({B, T, 48}, torch::kDouble);
+  auto lin = [&](torch::nn::Linear l, int64_t n) { return l(xf).view({B, T, n, 16}); };
+  torch::Tensor qf = testing::naive_rope_half(
+      testing::naive_rms_norm(lin(full->q_proj, H), full->q_norm->weight, 1e-6), 8, 500.0);
+  torch::Tensor kf = testing::naive_rope_half(
+      testing::naive_rms_norm(lin(full->k_proj, Hkv), full->k_norm->weight, 1e-6), 8, 500.0);
+  torch::Tensor o = testing::naive_attention(qf.transpose(1, 2), kf.transpose(1, 2),
+                                             lin(full->v_proj, Hkv).transpose(1, 2),
+                                             1.0 / (4.0 * t), /*causal=*/true, -1, full->sinks);
+  o = o.transpose(1, 2).reshape({B, T, H * 16}) * torch::sigmoid(full->gate_proj(xf));
+  torch::Tensor y = full(xf);
+  EXPECT_LT(max_abs_diff(y, full->o_proj(o)), 1e-12);
+  // decoding rotates at absolute positions and keeps the temperature
+  DecodeState state = full->init_state(B);
+  std::vector<torch::Tensor> parts = {full(xf.narrow(1, 0, 2), state)};
+  for (int64_t i = 2; i < T; ++i) parts.push_back(full(xf.narrow(1, i, 1), state));
+  EXPECT_LT(max_abs_diff(torch::cat(parts, 1), y), 1e-12);
+}
+
+TEST(GroupedQueryAttention, DefaultTemperatureIsThePlainModule) {
+  torch::manual_seed(8);
+  GroupedQueryAttention plain(GroupedQueryAttentionOptions(32, 4, 2).causal(true));
+  GroupedQueryAttention one(GroupedQueryAttentionOptions(32, 4, 2).causal(true).temperature(1.0));
+  testing::copy_parameters(*plain, *one);
+  torch::Tensor x = torch::randn({2, 5, 32});
+  torch::NoGradGuard no_grad;
+  EXPECT_TRUE(torch::equal(plain(x), one(x)));
+  EXPECT_TRUE(torch::equal(plain->forward_with_aux(x).attn_weights,
+                           one->forward_with_aux(x).attn_weights));
 }
 
 TEST(GroupedQueryAttention, ParameterNamesFollowCheckpoints) {
@@ -165,6 +229,12 @@ TEST(GroupedQueryAttention, ConstructorErrorsNameTheArgument) {
   ATTNKIT_EXPECT_ERROR(GroupedQueryAttention(GroupedQueryAttentionOptions(32, 4, 2).dropout(1.5)),
                        HasSubstr("dropout"));
   ATTNKIT_EXPECT_ERROR(
+      GroupedQueryAttention(GroupedQueryAttentionOptions(32, 4, 2).temperature(0)),
+      HasSubstr("GroupedQueryAttention: temperature must be positive, got 0"));
+  ATTNKIT_EXPECT_ERROR(
+      GroupedQueryAttention(GroupedQueryAttentionOptions(32, 4, 2).temperature(-2)),
+      HasSubstr("GroupedQueryAttention: temperature must be positive, got -2"));
+  ATTNKIT_EXPECT_ERROR(
       GroupedQueryAttention(GroupedQueryAttentionOptions(32, 4, 2).causal(true).window_right(2)),
       HasSubstr("window_right"));
 }
@@ -188,7 +258,8 @@ TEST(GroupedQueryAttention, PrettyPrintShowsEveryOption) {
   GroupedQueryAttention(full_options())->pretty_print(s);
   EXPECT_EQ(s.str(),
             "attnkit::GroupedQueryAttention(dim=48, num_heads=4, num_kv_heads=2, head_dim=16, "
-            "causal=true, dropout=0, bias=false, qk_norm_eps=1e-06, qk_norm_zero_centered=false, "
+            "causal=true, dropout=0, temperature=1, bias=false, qk_norm_eps=1e-06, "
+            "qk_norm_zero_centered=false, "
             "rope=rope(dim=8, style=half, channels=first, theta=500, scaling=none), "
             "output_gate=true, window_left=none, window_right=none, sinks=true)");
 }

@@ -5,6 +5,7 @@
 #include <torch/torch.h>
 
 #include "support/contract.h"
+#include "support/naive.h"
 #include "support/tolerance.h"
 #include "support/zoo_naive.h"
 
@@ -40,7 +41,14 @@ ATTNKIT_CONTRACT_SUITE(
     ContractCase{
         "one_head_wide_features",
         [] { return as_attention(LinearAttention(LinearAttentionOptions(16, 1).feature_dim(24))); },
-        false});
+        false},
+    ContractCase{"causal_rope",
+                 [] {
+                   return as_attention(LinearAttention(
+                       LinearAttentionOptions(32, 4).causal(true).chunk_size(4).rope(
+                           RopeOptions().style(RopeStyle::kInterleaved))));
+                 },
+                 true});
 
 double phi(double x, LinearFeatureMap map) {
   if (map == LinearFeatureMap::kRelu) return x > 0 ? x : 0.0;
@@ -53,7 +61,8 @@ struct NaiveLinear {
 };
 
 // Katharopoulos et al. (2020), eq. 5-6, by loops in double: a_ij = phi(q_i) . phi(k_j) over the
-// visible keys, out_i = sum_j a_ij v_j / (sum_j a_ij + eps).
+// visible keys, out_i = sum_j a_ij v_j / (sum_j a_ij + eps). With rope (interleaved over all F
+// channels, attzoo's form), q and k of every head rotate by their position before phi.
 NaiveLinear naive_linear_attention(LinearAttention& attn,
                                    const torch::Tensor& x,
                                    const torch::Tensor& keep = {} /* [B, T, T] */) {
@@ -63,6 +72,16 @@ NaiveLinear naive_linear_attention(LinearAttention& attn,
   const int64_t F = o.feature_dim(), Dv = D / H;
   torch::Tensor q = testing::naive_linear(x, attn->q_proj);
   torch::Tensor k = testing::naive_linear(x, attn->k_proj);
+  if (o.rope()) {
+    EXPECT_EQ(o.rope()->style(), RopeStyle::kInterleaved);
+    EXPECT_EQ(o.rope()->dim(), 0);
+    auto rotate = [&](const torch::Tensor& t) {
+      return testing::naive_rope_interleaved(t.view({B, T, H, F}), o.rope()->theta())
+          .reshape({B, T, H * F});
+    };
+    q = rotate(q);
+    k = rotate(k);
+  }
   torch::Tensor v = testing::naive_linear(x, attn->v_proj);
   auto qa = q.accessor<double, 3>(), ka = k.accessor<double, 3>(), va = v.accessor<double, 3>();
   torch::Tensor merged = torch::zeros({B, T, D}, torch::kDouble);
@@ -111,6 +130,50 @@ TEST(LinearAttention, MatchesNaiveReimplementation) {
       EXPECT_TRUE(testing::close(out.attn_weights, expected.weights)) << causal;
     }
   }
+}
+
+TEST(LinearAttention, RopeMatchesNaiveReimplementation) {
+  for (bool causal : {false, true}) {
+    torch::manual_seed(4);
+    LinearAttention attn(LinearAttentionOptions(32, 4)
+                             .causal(causal)
+                             .feature_dim(6)
+                             .chunk_size(4)
+                             .rope(RopeOptions().style(RopeStyle::kInterleaved).theta(500.0)));
+    torch::Tensor x = torch::randn({2, 11, 32});
+    NaiveLinear expected = naive_linear_attention(attn, x);
+    AttentionOutput out = attn->forward_with_aux(x);
+    EXPECT_LT(max_abs_diff(out.output, expected.output), 1e-5) << causal;
+    EXPECT_TRUE(testing::close(out.attn_weights, expected.weights)) << causal;
+    EXPECT_LT(max_abs_diff(attn(x), expected.output), 1e-5) << causal;
+  }
+  // attzoo's LinearSelfAttention(d_model=16, feature_dim=24, rope=True): one head, theta 10000
+  torch::manual_seed(5);
+  LinearAttention zoo(LinearAttentionOptions(16, 1).feature_dim(24).rope(
+      RopeOptions().style(RopeStyle::kInterleaved)));
+  torch::Tensor x = torch::randn({2, 9, 16});
+  EXPECT_LT(max_abs_diff(zoo(x), naive_linear_attention(zoo, x).output), 1e-5);
+}
+
+// The decode state continues the rotation at state.length(), so prefill + token-by-token
+// decoding reproduces the full causal forward (in double, to rounding).
+TEST(LinearAttention, RopeDecodingRotatesAtAbsolutePositions) {
+  torch::manual_seed(6);
+  LinearAttention attn(LinearAttentionOptions(32, 4).causal(true).chunk_size(3).rope(
+      RopeOptions().style(RopeStyle::kInterleaved)));
+  attn->to(torch::kDouble);
+  torch::Tensor x = torch::randn({2, 10, 32}, torch::kDouble);
+  torch::NoGradGuard no_grad;
+  torch::Tensor full = attn(x);
+  DecodeState state = attn->init_state(2);
+  std::vector<torch::Tensor> parts = {attn(x.narrow(1, 0, 4), state)};
+  for (int64_t t = 4; t < 10; ++t) parts.push_back(attn(x.narrow(1, t, 1), state));
+  EXPECT_LT(max_abs_diff(torch::cat(parts, 1), full), 1e-12);
+  // and rope changes the output (it is not a no-op)
+  LinearAttention plain(LinearAttentionOptions(32, 4).causal(true).chunk_size(3));
+  plain->to(torch::kDouble);
+  testing::copy_parameters(*attn, *plain);
+  EXPECT_GT(max_abs_diff(plain(x), full), 1e-6);
 }
 
 TEST(LinearAttention, ChunkSizeDoesNotChangeTheCausalForm) {
@@ -180,7 +243,8 @@ TEST(LinearAttention, ParametersAndPrint) {
   LinearAttention(16, 2)->pretty_print(s);
   EXPECT_EQ(s.str(),
             "attnkit::LinearAttention(dim=16, num_heads=2, feature_dim=8, "
-            "feature_map=elu_plus_one, causal=false, eps=1e-06, chunk_size=64, bias=false)");
+            "feature_map=elu_plus_one, causal=false, eps=1e-06, chunk_size=64, bias=false, "
+            "rope=none)");
 }
 
 TEST(LinearAttention, ErrorsNameTheArgument) {
@@ -194,6 +258,11 @@ TEST(LinearAttention, ErrorsNameTheArgument) {
   ATTNKIT_EXPECT_ERROR(LinearAttention(opts().eps(0)), HasSubstr("eps must be positive, got 0"));
   ATTNKIT_EXPECT_ERROR(LinearAttention(opts().chunk_size(0)),
                        HasSubstr("chunk_size must be positive, got 0"));
+  ATTNKIT_EXPECT_ERROR(LinearAttention(opts().feature_dim(5).rope(RopeOptions())),
+                       HasSubstr("LinearAttention"), HasSubstr("rope dim must be even, got 5"));
+  ATTNKIT_EXPECT_ERROR(LinearAttention(opts().rope(RopeOptions().dim(10))),
+                       HasSubstr("LinearAttention"),
+                       HasSubstr("rope dim (10) must be <= head_dim (8)"));
 }
 
 }  // namespace

@@ -415,6 +415,76 @@ TEST(MiniMaxSparseAttention, AuxLossIsANonNegativeKl) {
   EXPECT_NEAR(msa_index_aux_loss(perfect, weights, keep).item<double>(), 0.0, 1e-12);
 }
 
+// attnhut 0.4.0's block-level loss, by loops in double: per (b, g, t) the teacher is each key
+// block's attention mass (summed over its tokens, averaged over the group's heads) normalised to
+// sum 1; loss = mean over (b, g, t) of -sum_n teacher_n log_softmax(block_scores)_n.
+TEST(MiniMaxSparseAttention, BlockAuxLossV040MatchesTheFormula) {
+  torch::manual_seed(1);
+  const int64_t B = 2, G = 2, gs = 3, T = 10, bs = 4;
+  const double neg_inf = -std::numeric_limits<double>::infinity();
+  torch::Tensor future = torch::ones({T, T}, torch::kBool).triu(1);
+  torch::Tensor weights =
+      torch::softmax(torch::randn({B, G * gs, T, T}, torch::kDouble).masked_fill(future, neg_inf),
+                     -1);
+  for (int64_t nb : {3, 4}) {  // ceil(T / bs), and one block past the keys
+    torch::Tensor scores = torch::randn({B, G, T, nb}, torch::kDouble);
+    // invisible (future) blocks score -inf, as the module returns them
+    for (int64_t t = 0; t < T; ++t) scores.select(2, t).slice(-1, t / bs + 1).fill_(neg_inf);
+    double expected = 0;
+    for (int64_t b = 0; b < B; ++b) {
+      for (int64_t g = 0; g < G; ++g) {
+        for (int64_t t = 0; t < T; ++t) {
+          std::vector<double> mass(nb, 0.0);
+          for (int64_t h = g * gs; h < (g + 1) * gs; ++h) {
+            for (int64_t s = 0; s < T; ++s) mass[s / bs] += weights[b][h][t][s].item<double>() / gs;
+          }
+          const double total = std::accumulate(mass.begin(), mass.end(), 0.0);
+          double mx = neg_inf, lse = 0;
+          for (int64_t n = 0; n < nb; ++n) mx = std::max(mx, scores[b][g][t][n].item<double>());
+          for (int64_t n = 0; n < nb; ++n) lse += std::exp(scores[b][g][t][n].item<double>() - mx);
+          for (int64_t n = 0; n < nb; ++n) {
+            if (mass[n] == 0) continue;
+            expected -= mass[n] / total * (scores[b][g][t][n].item<double>() - mx - std::log(lse));
+          }
+        }
+      }
+    }
+    torch::Tensor s_grad = scores.clone().requires_grad_(true);
+    torch::Tensor w_grad = weights.clone().requires_grad_(true);
+    torch::Tensor loss = msa_index_aux_loss_v040(s_grad, w_grad, bs, gs);
+    EXPECT_NEAR(loss.item<double>(), expected / (B * G * T), 1e-12) << "nb " << nb;
+    loss.backward();
+    ASSERT_TRUE(s_grad.grad().defined());
+    EXPECT_TRUE(torch::isfinite(s_grad.grad()).all().item<bool>()) << "no NaN through -inf";
+    EXPECT_FALSE(w_grad.grad().defined()) << "the teacher is detached";
+  }
+  // float32 in, float32 out
+  EXPECT_EQ(msa_index_aux_loss_v040(torch::randn({1, 2, 5, 2}), torch::rand({1, 4, 5, 5}), 4, 2)
+                .scalar_type(),
+            torch::kFloat);
+}
+
+// On the module's own outputs (0.4.0 flags): finite, positive, and it trains only the index branch.
+TEST(MiniMaxSparseAttention, BlockAuxLossV040TrainsTheIndexBranch) {
+  torch::manual_seed(2);
+  MiniMaxSparseAttention attn(v04(2));
+  MiniMaxSparseOutput r = attn->forward_with_aux_sparse(torch::randn({2, 13, 32}));
+  ASSERT_EQ(r.block_scores.sizes(), torch::IntArrayRef({2, 2, 13, 4}));
+  torch::Tensor loss = msa_index_aux_loss_v040(r.block_scores, r.attn_weights, /*block_size=*/4,
+                                               /*group_size=*/2);
+  EXPECT_TRUE(torch::isfinite(loss).item<bool>());
+  EXPECT_GT(loss.item<double>(), 0.0);
+  loss.backward();
+  for (const torch::Tensor& w : {attn->idx_q->weight, attn->idx_k->weight}) {
+    ASSERT_TRUE(w.grad().defined());
+    EXPECT_TRUE(torch::isfinite(w.grad()).all().item<bool>());
+    EXPECT_GT(w.grad().abs().sum().item<double>(), 0.0);
+  }
+  for (const torch::Tensor& w : {attn->q->weight, attn->k->weight, attn->v->weight}) {
+    EXPECT_FALSE(w.grad().defined());
+  }
+}
+
 TEST(MiniMaxSparseAttention, PartialRopeRotatesOnlyTheFirstChannels) {
   torch::manual_seed(0);
   // With rope_dim 4 of head width 8 the module equals the naive reference (which rotates the
@@ -559,6 +629,20 @@ TEST(MiniMaxSparseAttention, BadConstructorArguments) {
   ATTNKIT_EXPECT_ERROR(msa_index_aux_loss(torch::randn({1, 2, 3, 3}), torch::rand({1, 2, 3, 3}),
                                           torch::ones({1, 2, 3, 3})),
                        HasSubstr("bool keep"));
+  // the 0.4.0 block loss: [B, G, T, nb] against [B, G * group_size, T, Tk <= nb * block_size]
+  torch::Tensor scores = torch::randn({1, 2, 5, 2}), weights = torch::rand({1, 4, 5, 5});
+  ATTNKIT_EXPECT_ERROR(msa_index_aux_loss_v040(scores, weights, 4, 3),
+                       HasSubstr("msa_index_aux_loss_v040"),
+                       HasSubstr("H = G * group_size (2 * 3)"));
+  ATTNKIT_EXPECT_ERROR(msa_index_aux_loss_v040(scores, weights, 2, 2),
+                       HasSubstr("msa_index_aux_loss_v040"),
+                       HasSubstr("5 keys but block_scores covers nb * block_size = 2 * 2 = 4"));
+  ATTNKIT_EXPECT_ERROR(msa_index_aux_loss_v040(scores, weights, 0, 2),
+                       HasSubstr("msa_index_aux_loss_v040: block_size must be positive, got 0"));
+  ATTNKIT_EXPECT_ERROR(msa_index_aux_loss_v040(scores, weights, 4, 0),
+                       HasSubstr("msa_index_aux_loss_v040: group_size must be positive, got 0"));
+  ATTNKIT_EXPECT_ERROR(msa_index_aux_loss_v040(scores.select(0, 0), weights, 4, 2),
+                       HasSubstr("msa_index_aux_loss_v040"), HasSubstr("[B, G, T, nb]"));
 }
 
 }  // namespace

@@ -34,7 +34,16 @@ ATTNKIT_CONTRACT_SUITE(
                    return as_attention(MultiHeadLatentAttention(
                        small_options().causal(false).rope(RopeOptions().style(RopeStyle::kHalf))));
                  },
-                 false});
+                 false},
+    ContractCase{"q_lora_bias",
+                 [] { return as_attention(MultiHeadLatentAttention(small_options().bias(true))); },
+                 true},
+    ContractCase{"direct_q_bias",
+                 [] {
+                   return as_attention(MultiHeadLatentAttention(
+                       MultiHeadLatentAttentionOptions(64, 4).bias(true)));
+                 },
+                 true});
 
 // docs/catalog.md, "Multi-head latent attention", with DeepSeek's layouts, by hand on the
 // module's weights.
@@ -71,6 +80,72 @@ TEST(MultiHeadLatentAttention, MatchesNaiveReimplementation) {
                                1.0 / std::sqrt(double(nope + rope)), true);
   torch::Tensor expected = o.transpose(1, 2).reshape({B, T, H * vd}).matmul(W(attn->o_proj));
   EXPECT_LT(max_abs_diff(y, expected), 1e-5);
+}
+
+// attnhut's MLA(bias=True): every Linear (q_down, q_up, kv_down, kv_up, proj) carries a bias, the
+// RMSNorm weights do not. By hand in plain torch ops on the module's weights, in double; the
+// absorbed decode path must give the same outputs.
+TEST(MultiHeadLatentAttention, BiasMatchesNaiveReimplementation) {
+  torch::manual_seed(3);
+  MultiHeadLatentAttention attn(
+      small_options().bias(true).rope(RopeOptions().style(RopeStyle::kHalf)));
+  attn->to(torch::kDouble);
+  const int64_t B = 2, T = 7, H = 4, nope = 8, rope = 6, vd = 10, kv_lora = 16;
+  torch::NoGradGuard no_grad;
+  for (auto* p : {&attn->q_a_proj, &attn->q_b_proj, &attn->kv_a_proj_with_mqa, &attn->kv_b_proj,
+                  &attn->o_proj}) {
+    ASSERT_TRUE((*p)->bias.defined());
+    (*p)->bias.uniform_(-1, 1);  // large enough to matter
+  }
+  torch::Tensor x = torch::randn({B, T, 48}, torch::kDouble);
+  auto lin = [](const torch::Tensor& in, torch::nn::Linear l) {
+    return in.matmul(l->weight.t()) + l->bias;
+  };
+  torch::Tensor cq =
+      testing::naive_rms_norm(lin(x, attn->q_a_proj), attn->q_a_layernorm->weight, 1e-6);
+  torch::Tensor q = lin(cq, attn->q_b_proj).view({B, T, H, nope + rope});
+  torch::Tensor ckv = lin(x, attn->kv_a_proj_with_mqa);  // [latent | rope key]
+  torch::Tensor latent =
+      testing::naive_rms_norm(ckv.narrow(-1, 0, kv_lora), attn->kv_a_layernorm->weight, 1e-6);
+  torch::Tensor k_rope =
+      testing::naive_rope_half(ckv.narrow(-1, kv_lora, rope).view({B, T, 1, rope}), rope, 1e4);
+  torch::Tensor q_rope = testing::naive_rope_half(q.narrow(-1, nope, rope), rope, 1e4);
+  torch::Tensor kv = lin(latent, attn->kv_b_proj).view({B, T, H, nope + vd});
+  torch::Tensor qf = torch::cat({q.narrow(-1, 0, nope), q_rope}, -1);
+  torch::Tensor kf = torch::cat({kv.narrow(-1, 0, nope), k_rope.expand({B, T, H, rope})}, -1);
+  torch::Tensor v = kv.narrow(-1, nope, vd);
+  torch::Tensor o =
+      testing::naive_attention(qf.transpose(1, 2), kf.transpose(1, 2), v.transpose(1, 2),
+                               1.0 / std::sqrt(double(nope + rope)), true);
+  torch::Tensor expected = lin(o.transpose(1, 2).reshape({B, T, H * vd}), attn->o_proj);
+  torch::Tensor y = attn(x);
+  EXPECT_LT(max_abs_diff(y, expected), 1e-12);
+
+  DecodeState state = attn->init_state(B);
+  std::vector<torch::Tensor> parts = {attn(x.narrow(1, 0, 3), state)};
+  for (int64_t t = 3; t < T; ++t) parts.push_back(attn(x.narrow(1, t, 1), state));
+  EXPECT_LT(max_abs_diff(torch::cat(parts, 1), y), 1e-12);
+}
+
+TEST(MultiHeadLatentAttention, BiasOptionRegistersABiasOnEveryProjection) {
+  MultiHeadLatentAttention plain(small_options());
+  for (const auto& p : plain->named_parameters()) {
+    EXPECT_EQ(p.key().find(".bias"), std::string::npos) << p.key();  // default: none
+  }
+  MultiHeadLatentAttention biased(small_options().bias(true));
+  auto params = biased->named_parameters();
+  EXPECT_EQ(params.size(), 7u + 5u);
+  for (const char* name : {"q_a_proj.bias", "q_b_proj.bias", "kv_a_proj_with_mqa.bias",
+                           "kv_b_proj.bias", "o_proj.bias"}) {
+    EXPECT_NE(params.find(name), nullptr) << name;
+  }
+  EXPECT_EQ(params.find("kv_b_proj.bias")->sizes(), torch::IntArrayRef({4 * 18}));
+  MultiHeadLatentAttention direct(
+      MultiHeadLatentAttentionOptions(48, 4).kv_lora_rank(16).bias(true));
+  EXPECT_NE(direct->named_parameters().find("q_proj.bias"), nullptr);
+  std::ostringstream s;
+  biased->pretty_print(s);
+  EXPECT_THAT(s.str(), HasSubstr(", dropout=0, bias=true, rope("));
 }
 
 TEST(MultiHeadLatentAttention, ParameterNamesFollowDeepSeek) {

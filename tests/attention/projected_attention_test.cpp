@@ -25,7 +25,7 @@ TEST(ProjectedAttention, PrettyPrintNamesTheMechanism) {
   MultiQueryAttention(MultiQueryAttentionOptions(32, 4).dropout(0.1).bias(true))->pretty_print(s);
   EXPECT_EQ(s.str(),
             "attnkit::MultiQueryAttention(dim=32, num_heads=4, causal=false, dropout=0.1, "
-            "bias=true)");
+            "temperature=1, bias=true, rope=none)");
 }
 
 TEST(ProjectedAttention, ResetParametersReinitialises) {

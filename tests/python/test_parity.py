@@ -91,8 +91,7 @@ def _attnhut_cases(version: str):
                               marks))
     cases.append((Case("attnhut", version, "MultiHeadLatentAttention",
                        lambda L: L.MultiHeadLatentAttention(D, 4, bias=True), True,
-                       label="bias"),
-                  [pytest.mark.xfail(strict=False, reason=GAP + "MLA has no bias option")]))
+                       label="bias"), []))
     cases.append((Case("attnhut", version, "MultiHeadLatentAttention",
                        lambda L: L.MultiHeadLatentAttention(
                            D, 4, q_lora_rank=24, kv_lora_rank=16, qk_nope_head_dim=8,
@@ -169,16 +168,17 @@ def _attzoo_cases():
     add("GroupedSelfAttention", lambda L: L.GroupedSelfAttention(D, 4, 2))
     add("GroupedSelfAttention", lambda L: L.GroupedSelfAttention(D, 4, 2, rope=True),
         masks=("none",), label="rope")
-    gap_t = [pytest.mark.xfail(strict=False, reason=GAP + "no temperature on standard/grouped")]
     add("MultiHeadSelfAttention", lambda L: L.MultiHeadSelfAttention(D, 4, temperature=0.6),
-        masks=("none",), label="temperature", marks_for={"none": gap_t})
+        label="temperature")
     add("GroupedSelfAttention", lambda L: L.GroupedSelfAttention(D, 4, 2, temperature=0.6),
-        masks=("none",), label="temperature", marks_for={"none": gap_t})
-    gap_r = [pytest.mark.xfail(strict=False, reason=GAP + "no rope on standard attention")]
+        label="temperature")
     add("VanillaSelfAttention", lambda L: L.VanillaSelfAttention(D, rope=True),
-        masks=("none",), label="rope", marks_for={"none": gap_r})
+        masks=("none",), label="rope")
     add("MultiHeadSelfAttention", lambda L: L.MultiHeadSelfAttention(D, 4, rope=True),
-        masks=("none",), label="rope", marks_for={"none": gap_r})
+        masks=("none",), label="rope")
+    add("MultiHeadSelfAttention", lambda L: L.MultiHeadSelfAttention(D, 4, temperature=1.7,
+                                                                     rope=True),
+        masks=("none",), label="rope-temperature")
     local_float = [pytest.mark.xfail(
         strict=True, reason="attzoo's LocalSelfAttention calls mask.bool() on a float mask "
                             "(0.0 blocks, -inf keeps); attnkit adds it")]
@@ -226,8 +226,9 @@ def _attzoo_cases():
     add("LinearSelfAttention", lambda L: L.LinearSelfAttention(D, feature_dim=24),
         masks=("none",), label="weights", marks_for={"none": linear_weights})
     add("LinearSelfAttention", lambda L: L.LinearSelfAttention(D, rope=True), masks=("none",),
-        label="rope", aux=(), marks_for={"none": [pytest.mark.xfail(
-            strict=False, reason=GAP + "no rope on linear attention")]})
+        label="rope", aux=())
+    add("LinearSelfAttention", lambda L: L.LinearSelfAttention(D, feature_dim=24, rope=True),
+        masks=("none", "padding"), label="rope-features", aux=())
     add("GatedSelfAttention", lambda L: L.GatedSelfAttention(L.MultiHeadSelfAttention(D, 4)),
         aux=("attn_weights", "gate"))
     add("GatedSelfAttention", lambda L: L.GatedSelfAttention(
@@ -542,16 +543,7 @@ def test_msa_index_aux_loss_040(dtype, attnkit):
     ctx = reference_float64() if dtype == torch.float64 else _nullcontext()
     with ctx:
         ref = lib.msa_index_aux_loss(block_scores, attn, block_size, per_group)
-    fn = getattr(attnkit, "msa_block_index_aux_loss", None)
-    try:
-        if fn is not None:
-            mine = fn(block_scores, attn, block_size, per_group)
-        else:
-            mine = attnkit.msa_index_aux_loss(block_scores, attn, block_size=block_size,
-                                              group_size=per_group)
-    except TypeError as e:
-        pytest.xfail(GAP + f"no msa_index_aux_loss(block_scores, attn_weights, block_size, "
-                           f"group_size) (attnhut 0.4.0's form): {e}")
+    mine = attnkit.msa_index_aux_loss_v040(block_scores, attn, block_size, per_group)
     err = abs(float(ref) - float(mine))
     record(f"msa_index_aux_loss-0.4.0-{dtype}", {"loss": err, "value": float(ref)})
     assert err <= LOSS_TOL[dtype] * max(1.0, abs(float(ref)))

@@ -31,6 +31,9 @@ struct GroupedQueryAttentionOptions {
   TORCH_ARG(bool, causal) = false;
   /// Dropout on the attention weights in training mode. Default: 0
   TORCH_ARG(double, dropout) = 0.0;
+  /// Softmax temperature (> 0): logits are q.k / (sqrt(head_dim) * temperature), as attzoo's
+  /// temperature; an additive attn_mask and the sinks are not divided. Default: 1
+  TORCH_ARG(double, temperature) = 1.0;
   /// Bias on the q, k, v, gate and o projections. Default: false
   TORCH_ARG(bool, bias) = false;
   /// Per-head RMSNorm on q and k with this epsilon; unset means none. Default: nullopt

@@ -6,6 +6,7 @@
 // (docs/catalog.md, "Linear attention").
 
 #include <attnkit/attention/attention.h>
+#include <attnkit/core/rope.h>
 
 #include <torch/nn/cloneable.h>
 #include <torch/nn/modules/linear.h>
@@ -44,10 +45,16 @@ struct LinearAttentionOptions {
   TORCH_ARG(int64_t, chunk_size) = 64;
   /// Bias on the q, k, v and o projections. Default: false
   TORCH_ARG(bool, bias) = false;
+  /// Rotary embedding on each head's query and key projections (width feature_dim) before phi,
+  /// at absolute positions (a decode state's tokens continue at state.length()); unset means
+  /// none. attzoo's rope=True (pairs (2i, 2i + 1) over all F channels, theta 10000) is
+  /// RopeOptions().style(RopeStyle::kInterleaved). Default: nullopt
+  TORCH_ARG(std::optional<RopeOptions>, rope) = std::nullopt;
 };
 
 /// Linear attention. x: [B, T, dim] -> [B, T, dim].
-/// Per head, with q = phi(q_proj x) [T, F], k = phi(k_proj x) [T, F], v = v_proj x [T, Dv]:
+/// Per head, with q = phi(rope(q_proj x)) [T, F], k = phi(rope(k_proj x)) [T, F] (rope only
+/// when set), v = v_proj x [T, Dv]:
 ///   non-causal: out_i = q_i S / (q_i . z + eps), S = sum_j k_j v_j^T [F, Dv], z = sum_j k_j;
 ///   causal: the same with S_i, z_i summed over j <= i (chunked prefix sums, chunk_size).
 /// Parameters: q_proj, k_proj [H F, dim], v_proj, o_proj [dim, dim] (attzoo's w_q, w_k, w_v,
@@ -91,6 +98,7 @@ class LinearAttentionImpl : public AttentionCloneable<LinearAttentionImpl> {
                       const torch::Tensor& attn_mask,
                       DecodeState* state,
                       bool need_weights);
+  std::optional<RotaryEmbedding> rope_;
 };
 ATTNKIT_ATTENTION_MODULE(LinearAttention);
 

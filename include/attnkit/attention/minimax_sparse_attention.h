@@ -82,8 +82,8 @@ struct MiniMaxSparseOutput : AttentionOutput {
 /// scale hd^-1/2, through functional::dot_product_attention; a query that sees no key gives 0.
 /// Equal block scores keep the earlier block, so decoding selects what the full forward selects.
 /// Deviations from attnhut: masked logits are -inf (not a finite minimum); per-call attn_masks
-/// are accepted ([T, T], [B, T, T] or [B, 1, T, T]; masked keys neither score nor attend);
-/// the 0.4.0 block-level loss is not provided (block_scores are returned for it).
+/// are accepted ([T, T], [B, T, T] or [B, 1, T, T]; masked keys neither score nor attend).
+/// attnhut 0.4.0's block-level loss is msa_index_aux_loss_v040, over block_scores.
 /// Decoding caches "k", "v" [B, Gk, Tk, hd] (after norm and rope) and "index_k" [B, Tk, di].
 /// Example:
 ///   MiniMaxSparseAttention attn(MiniMaxSparseAttentionOptions(256, 8, 2).block_size(32).top_k(4));
@@ -145,5 +145,23 @@ torch::Tensor msa_index_aux_loss(const torch::Tensor& index_scores,
                                  const torch::Tensor& attn_weights,
                                  const torch::Tensor& keep,
                                  double eps = 1e-9);
+
+/// Block-level index loss (attnhut 0.4.0's msa_index_aux_loss): a cross entropy that fits the
+/// index branch's block scores to the attention mass each key block actually received.
+/// With nb = block_scores.size(-1) and G = H / group_size groups of consecutive heads:
+///   mass[b, h, t, n] = sum of attn_weights[b, h, t, s] (detached) over the keys s of block n,
+///     s in [n * block_size, (n + 1) * block_size) (keys past Tk count as 0);
+///   teacher[b, g, t, n] = mean of mass over the group_size heads of group g, divided by its
+///     sum over n (floored at eps);
+///   loss = mean over (b, g, t) of -sum_n teacher * log_softmax_n(block_scores), where blocks
+///     with teacher 0 contribute 0 (so -inf scores of invisible blocks are fine).
+/// Only block_scores get a gradient. Computed in float (double for double block_scores).
+///   block_scores: [B, G, T, nb] (MiniMaxSparseOutput::block_scores), attn_weights:
+///   [B, H, T, Tk] with H = G * group_size and Tk <= nb * block_size.
+torch::Tensor msa_index_aux_loss_v040(const torch::Tensor& block_scores,
+                                      const torch::Tensor& attn_weights,
+                                      int64_t block_size,
+                                      int64_t group_size,
+                                      double eps = 1e-9);
 
 }  // namespace attnkit

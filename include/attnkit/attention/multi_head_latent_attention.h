@@ -41,6 +41,9 @@ struct MultiHeadLatentAttentionOptions {
   TORCH_ARG(bool, causal) = true;
   /// Dropout on the attention weights in training mode. Default: 0
   TORCH_ARG(double, dropout) = 0.0;
+  /// Bias on every projection: q_a_proj and q_b_proj (or q_proj), kv_a_proj_with_mqa, kv_b_proj
+  /// and o_proj, as attnhut's bias=True (the RMSNorms have none). Default: false
+  TORCH_ARG(bool, bias) = false;
   /// Rotary embedding of the rope channels; its dim is always qk_rope_head_dim. DeepSeek
   /// checkpoints pair channels interleaved. Default: RopeOptions().style(RopeStyle::kInterleaved)
   TORCH_ARG(RopeOptions, rope) = RopeOptions().style(RopeStyle::kInterleaved);
@@ -50,10 +53,13 @@ struct MultiHeadLatentAttentionOptions {
 /// Parameters (DeepSeek-V2/V3 checkpoint names): q_a_proj [q_lora, dim], q_a_layernorm [q_lora],
 /// q_b_proj [H*(nope+rope), q_lora] (or q_proj [H*(nope+rope), dim]); kv_a_proj_with_mqa
 /// [kv_lora+rope, dim], kv_a_layernorm [kv_lora], kv_b_proj [H*(nope+v), kv_lora],
-/// o_proj [dim, H*v]. Per head the query is [nope | rope], kv_b_proj's rows are [k_nope | v],
-/// kv_a_proj_with_mqa's rows are [latent | rope key]. Scale (nope + rope)^-1/2.
+/// o_proj [dim, H*v], each with a bias under bias(true). Per head the query is [nope | rope],
+/// kv_b_proj's rows are [k_nope | v], kv_a_proj_with_mqa's rows are [latent | rope key].
+/// Scale (nope + rope)^-1/2.
 /// Decoding caches the normalised latent and the rotated rope key and attends in latent space
-/// (kv_b_proj absorbed into the query and the output), never rebuilding per-head keys.
+/// (kv_b_proj absorbed into the query and the output), never rebuilding per-head keys. With
+/// bias(true), kv_b_proj's key bias adds q_nope . b_k to every logit of a query alike, which the
+/// softmax cancels, and its value bias adds b_v times the query's weight sum.
 class MultiHeadLatentAttentionImpl : public AttentionCloneable<MultiHeadLatentAttentionImpl> {
  public:
   explicit MultiHeadLatentAttentionImpl(MultiHeadLatentAttentionOptions options);

@@ -8,7 +8,8 @@
 
 namespace attnkit {
 
-/// Options for `MultiQueryAttention`: dim, num_heads (required), causal, dropout, bias.
+/// Options for `MultiQueryAttention`: dim, num_heads (required), causal, dropout, temperature,
+/// bias, rope (ProjectedAttentionOptions documents each).
 /// Example:
 ///   MultiQueryAttention attn(MultiQueryAttentionOptions(/*dim=*/512,
 ///   /*num_heads=*/8).causal(true));

@@ -3,8 +3,11 @@
 // softmax attention, differing only in how many key/value heads they project.
 
 #include <attnkit/attention/attention.h>
+#include <attnkit/core/rope.h>
 
 #include <torch/nn/modules/linear.h>
+
+#include <optional>
 
 namespace attnkit {
 
@@ -21,8 +24,16 @@ struct ProjectedAttentionOptions {
   TORCH_ARG(bool, causal) = false;
   /// Dropout on the attention weights in training mode. Default: 0
   TORCH_ARG(double, dropout) = 0.0;
+  /// Softmax temperature (> 0): logits are q.k / (sqrt(head_dim) * temperature), as attzoo's
+  /// temperature; an additive attn_mask is added after that division. Default: 1
+  TORCH_ARG(double, temperature) = 1.0;
   /// Bias on the q, k, v and o projections. Default: false
   TORCH_ARG(bool, bias) = false;
+  /// Rotary embedding on q and k of every head, at absolute positions (a decode state's tokens
+  /// continue at state.length()); unset means none. attzoo's rope=True (pairs (2i, 2i + 1) over
+  /// the whole head, theta 10000) is RopeOptions().style(RopeStyle::kInterleaved).
+  /// Default: nullopt
+  TORCH_ARG(std::optional<RopeOptions>, rope) = std::nullopt;
 };
 
 /// Shared implementation; use StandardAttention or MultiQueryAttention.
@@ -49,7 +60,8 @@ class ProjectedAttentionImpl : public AttentionImpl {
  protected:
   /// Validates `options`; `num_kv_heads` 0 means one per query head.
   ProjectedAttentionImpl(ProjectedAttentionOptions options, int64_t num_kv_heads, const char* name);
-  /// Registers the four projections; the derived reset() calls it.
+  /// Registers the four projections (and binds the rotary embedding); the derived reset() calls
+  /// it.
   void register_projections();
 
  private:
@@ -58,6 +70,7 @@ class ProjectedAttentionImpl : public AttentionImpl {
                       DecodeState* state,
                       bool need_weights);
   int64_t num_kv_heads_ = 0;
+  std::optional<RotaryEmbedding> rope_;
 };
 
 }  // namespace attnkit

@@ -8,7 +8,8 @@
 
 namespace attnkit {
 
-/// Options for `StandardAttention`: dim, num_heads (required), causal, dropout, bias.
+/// Options for `StandardAttention`: dim, num_heads (required), causal, dropout, temperature,
+/// bias, rope (ProjectedAttentionOptions documents each).
 /// Example:
 ///   StandardAttention attn(StandardAttentionOptions(/*dim=*/512, /*num_heads=*/8).causal(true));
 using StandardAttentionOptions = ProjectedAttentionOptions;
