@@ -54,23 +54,18 @@ py::dict aux_dict(AttentionImpl& m, const Tensor& x, const Tensor& mask) {
       put("index_scores", o.index_scores), put("selected", o.selected);
       base = o;
     } else {
-      TORCH_CHECK(!mask.defined(), m.mechanism(),
-                  ".forward_with_aux: attn_mask is supported by the sparse mechanisms only "
-                  "(DeepSeekSparseAttention, MiniMaxSparseAttention, CompressedSparseAttention); "
-                  "got a mask of shape ",
-                  mask.sizes());
       if (auto* gated = dynamic_cast<GatedAttentionImpl*>(&m)) {
-        GatedAttentionOutput o = gated->forward_with_aux_gated(x);
+        GatedAttentionOutput o = gated->forward_with_aux_gated(x, mask);
         py::gil_scoped_acquire acquire;
         put("gate", o.gate);
         base = o;
       } else if (auto* combined = dynamic_cast<CombinedAttentionImpl*>(&m)) {
-        CombinedAttentionOutput o = combined->forward_with_aux_combined(x);
+        CombinedAttentionOutput o = combined->forward_with_aux_combined(x, mask);
         py::gil_scoped_acquire acquire;
         put("attn_weights_b", o.attn_weights_b), put("gate", o.gate);
         base = o;
       } else {
-        base = m.forward_with_aux(x);
+        base = m.forward_with_aux(x, mask);
       }
     }
   }

@@ -58,8 +58,9 @@ DecodeState AttentionImpl::init_state(int64_t batch_size) const {
   TORCH_CHECK(false, mechanism(), ": does not support decoding (init_state)");
 }
 
-AttentionOutput AttentionImpl::forward_with_aux(const torch::Tensor& x) {
-  return AttentionOutput{forward(x), torch::Tensor()};
+AttentionOutput AttentionImpl::forward_with_aux(const torch::Tensor& x,
+                                                const torch::Tensor& attn_mask) {
+  return AttentionOutput{forward(x, attn_mask), torch::Tensor()};
 }
 
 DecodeState AttentionImpl::new_state(int64_t batch_size) const {

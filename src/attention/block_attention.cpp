@@ -124,8 +124,9 @@ torch::Tensor BlockAttentionImpl::forward(const torch::Tensor& x, const torch::T
   return run(x, attn_mask, false).output;
 }
 
-AttentionOutput BlockAttentionImpl::forward_with_aux(const torch::Tensor& x) {
-  return run(x, {}, true);
+AttentionOutput BlockAttentionImpl::forward_with_aux(const torch::Tensor& x,
+                                                     const torch::Tensor& attn_mask) {
+  return run(x, attn_mask, true);
 }
 
 }  // namespace attnkit

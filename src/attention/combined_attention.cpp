@@ -83,10 +83,11 @@ torch::Tensor CombinedAttentionImpl::forward(const torch::Tensor& x,
   return run(x, attn_mask);
 }
 
-CombinedAttentionOutput CombinedAttentionImpl::forward_with_aux_combined(const torch::Tensor& x) {
+CombinedAttentionOutput CombinedAttentionImpl::forward_with_aux_combined(
+    const torch::Tensor& x, const torch::Tensor& attn_mask) {
   detail::check_sequence_input(kName, x, dim(), gate->parameters().front());
-  AttentionOutput a = call_inner([&] { return attn_a->forward_with_aux(x); });
-  AttentionOutput b = call_inner([&] { return attn_b->forward_with_aux(x); });
+  AttentionOutput a = call_inner([&] { return attn_a->forward_with_aux(x, attn_mask); });
+  AttentionOutput b = call_inner([&] { return attn_b->forward_with_aux(x, attn_mask); });
   CombinedAttentionOutput out;
   out.gate = gate_values(x);
   out.output = out.gate * a.output + (1.0 - out.gate) * b.output;
@@ -95,8 +96,9 @@ CombinedAttentionOutput CombinedAttentionImpl::forward_with_aux_combined(const t
   return out;
 }
 
-AttentionOutput CombinedAttentionImpl::forward_with_aux(const torch::Tensor& x) {
-  CombinedAttentionOutput out = forward_with_aux_combined(x);
+AttentionOutput CombinedAttentionImpl::forward_with_aux(const torch::Tensor& x,
+                                                        const torch::Tensor& attn_mask) {
+  CombinedAttentionOutput out = forward_with_aux_combined(x, attn_mask);
   return AttentionOutput{out.output, out.attn_weights};
 }
 

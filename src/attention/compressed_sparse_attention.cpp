@@ -270,8 +270,9 @@ DecodeState CompressedSparseAttentionImpl::init_state(int64_t batch_size) const 
   return new_state(batch_size);
 }
 
-AttentionOutput CompressedSparseAttentionImpl::forward_with_aux(const torch::Tensor& x) {
-  CompressedSparseOutput out = run(x, {}, nullptr, true);
+AttentionOutput CompressedSparseAttentionImpl::forward_with_aux(const torch::Tensor& x,
+                                                                const torch::Tensor& attn_mask) {
+  CompressedSparseOutput out = run(x, attn_mask, nullptr, true);
   return AttentionOutput{out.output, out.attn_weights};
 }
 

@@ -233,8 +233,9 @@ DecodeState DeepSeekSparseAttentionImpl::init_state(int64_t batch_size) const {
   return new_state(batch_size);
 }
 
-AttentionOutput DeepSeekSparseAttentionImpl::forward_with_aux(const torch::Tensor& x) {
-  DeepSeekSparseOutput r = run(x, {}, nullptr, true);
+AttentionOutput DeepSeekSparseAttentionImpl::forward_with_aux(const torch::Tensor& x,
+                                                              const torch::Tensor& attn_mask) {
+  DeepSeekSparseOutput r = run(x, attn_mask, nullptr, true);
   return AttentionOutput{r.output, r.attn_weights};
 }
 

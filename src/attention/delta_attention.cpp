@@ -130,7 +130,9 @@ DecodeState DeltaAttentionImpl::init_state(int64_t batch_size) const {
   return new_state(batch_size);
 }
 
-AttentionOutput DeltaAttentionImpl::forward_with_aux(const torch::Tensor& x) {
+AttentionOutput DeltaAttentionImpl::forward_with_aux(const torch::Tensor& x,
+                                                     const torch::Tensor& attn_mask) {
+  TORCH_CHECK(!attn_mask.defined(), mechanism(), ": does not take an attn_mask");
   return run(x, nullptr, true);
 }
 

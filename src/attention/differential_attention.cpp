@@ -137,8 +137,9 @@ DecodeState DifferentialAttentionImpl::init_state(int64_t batch_size) const {
   return new_state(batch_size);
 }
 
-AttentionOutput DifferentialAttentionImpl::forward_with_aux(const torch::Tensor& x) {
-  return run(x, {}, nullptr, true);
+AttentionOutput DifferentialAttentionImpl::forward_with_aux(const torch::Tensor& x,
+                                                            const torch::Tensor& attn_mask) {
+  return run(x, attn_mask, nullptr, true);
 }
 
 }  // namespace attnkit

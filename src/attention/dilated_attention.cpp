@@ -78,8 +78,9 @@ torch::Tensor DilatedAttentionImpl::forward(const torch::Tensor& x,
   return run(x, attn_mask, false).output;
 }
 
-AttentionOutput DilatedAttentionImpl::forward_with_aux(const torch::Tensor& x) {
-  return run(x, {}, true);
+AttentionOutput DilatedAttentionImpl::forward_with_aux(const torch::Tensor& x,
+                                                       const torch::Tensor& attn_mask) {
+  return run(x, attn_mask, true);
 }
 
 }  // namespace attnkit

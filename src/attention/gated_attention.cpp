@@ -110,9 +110,10 @@ DecodeState GatedAttentionImpl::init_state(int64_t batch_size) const {
   return attn->init_state(batch_size);
 }
 
-GatedAttentionOutput GatedAttentionImpl::forward_with_aux_gated(const torch::Tensor& x) {
+GatedAttentionOutput GatedAttentionImpl::forward_with_aux_gated(const torch::Tensor& x,
+                                                               const torch::Tensor& attn_mask) {
   detail::check_sequence_input(kName, x, dim(), gate->parameters().front());
-  AttentionOutput inner = call_inner(kName, [&] { return attn->forward_with_aux(x); });
+  AttentionOutput inner = call_inner(kName, [&] { return attn->forward_with_aux(x, attn_mask); });
   GatedAttentionOutput out;
   out.gate = gate_values(x);
   torch::Tensor carry = x_proj ? x_proj(x) : x;
@@ -121,8 +122,9 @@ GatedAttentionOutput GatedAttentionImpl::forward_with_aux_gated(const torch::Ten
   return out;
 }
 
-AttentionOutput GatedAttentionImpl::forward_with_aux(const torch::Tensor& x) {
-  GatedAttentionOutput out = forward_with_aux_gated(x);
+AttentionOutput GatedAttentionImpl::forward_with_aux(const torch::Tensor& x,
+                                                     const torch::Tensor& attn_mask) {
+  GatedAttentionOutput out = forward_with_aux_gated(x, attn_mask);
   return AttentionOutput{out.output, out.attn_weights};
 }
 

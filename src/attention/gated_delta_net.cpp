@@ -278,8 +278,9 @@ AttentionOutput GatedDeltaNetImpl::run(const torch::Tensor& x,
   return out;
 }
 
-AttentionOutput GatedDeltaNetImpl::forward_with_aux(const torch::Tensor& x) {
-  return run(x, torch::Tensor(), nullptr, /*need_weights=*/true);
+AttentionOutput GatedDeltaNetImpl::forward_with_aux(const torch::Tensor& x,
+                                                    const torch::Tensor& attn_mask) {
+  return run(x, attn_mask, nullptr, /*need_weights=*/true);
 }
 
 torch::Tensor GatedDeltaNetImpl::forward(const torch::Tensor& x) {

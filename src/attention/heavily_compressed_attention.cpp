@@ -134,8 +134,9 @@ DecodeState HeavilyCompressedAttentionImpl::init_state(int64_t batch_size) const
   return new_state(batch_size);
 }
 
-AttentionOutput HeavilyCompressedAttentionImpl::forward_with_aux(const torch::Tensor& x) {
-  return run(x, {}, nullptr, true);
+AttentionOutput HeavilyCompressedAttentionImpl::forward_with_aux(const torch::Tensor& x,
+                                                                 const torch::Tensor& attn_mask) {
+  return run(x, attn_mask, nullptr, true);
 }
 
 }  // namespace attnkit

@@ -164,8 +164,9 @@ DecodeState LinearAttentionImpl::init_state(int64_t batch_size) const {
   return new_state(batch_size);
 }
 
-AttentionOutput LinearAttentionImpl::forward_with_aux(const torch::Tensor& x) {
-  return run(x, {}, nullptr, true);
+AttentionOutput LinearAttentionImpl::forward_with_aux(const torch::Tensor& x,
+                                                      const torch::Tensor& attn_mask) {
+  return run(x, attn_mask, nullptr, true);
 }
 
 }  // namespace attnkit

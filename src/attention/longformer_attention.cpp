@@ -113,8 +113,9 @@ torch::Tensor LongformerAttentionImpl::forward_global(const torch::Tensor& x,
   return run(x, global_mask, attn_mask, false).output;
 }
 
-AttentionOutput LongformerAttentionImpl::forward_with_aux(const torch::Tensor& x) {
-  return run(x, {}, {}, true);
+AttentionOutput LongformerAttentionImpl::forward_with_aux(const torch::Tensor& x,
+                                                          const torch::Tensor& attn_mask) {
+  return run(x, {}, attn_mask, true);
 }
 
 AttentionOutput LongformerAttentionImpl::forward_with_aux_global(const torch::Tensor& x,

@@ -122,13 +122,10 @@ torch::Tensor LSHAttentionImpl::forward(const torch::Tensor& x, const torch::Ten
   return run(x, attn_mask, false).output;
 }
 
-AttentionOutput LSHAttentionImpl::forward_with_aux(const torch::Tensor& x) {
-  return run(x, {}, true);
-}
-
-AttentionOutput LSHAttentionImpl::forward_with_aux_masked(const torch::Tensor& x,
-                                                          const torch::Tensor& attn_mask) {
+AttentionOutput LSHAttentionImpl::forward_with_aux(const torch::Tensor& x,
+                                                   const torch::Tensor& attn_mask) {
   return run(x, attn_mask, true);
 }
+
 
 }  // namespace attnkit

@@ -302,8 +302,9 @@ DecodeState MiniMaxSparseAttentionImpl::init_state(int64_t batch_size) const {
   return new_state(batch_size);
 }
 
-AttentionOutput MiniMaxSparseAttentionImpl::forward_with_aux(const torch::Tensor& x) {
-  MiniMaxSparseOutput r = run(x, {}, nullptr, true);
+AttentionOutput MiniMaxSparseAttentionImpl::forward_with_aux(const torch::Tensor& x,
+                                                             const torch::Tensor& attn_mask) {
+  MiniMaxSparseOutput r = run(x, attn_mask, nullptr, true);
   return AttentionOutput{r.output, r.attn_weights};
 }
 

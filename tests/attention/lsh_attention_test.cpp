@@ -138,7 +138,7 @@ TEST(LSHAttention, UpstreamRowsSumToOneAndMaskedAreZero) {
   keep[5].narrow(0, 0, 8).fill_(false);
   // masked keys: exactly zero weight, through the module's masked forward vs the naive one
   NaiveLsh expected = naive_lsh(attn, x, keep);
-  AttentionOutput masked = attn->forward_with_aux_masked(x, keep);
+  AttentionOutput masked = attn->forward_with_aux(x, keep);
   EXPECT_EQ(masked.attn_weights.masked_select(keep.logical_not().expand_as(masked.attn_weights))
                 .abs()
                 .max()

@@ -338,21 +338,12 @@ def run_reference(case: Case, ref, x, ref_mask):
     return out, dict(aux)
 
 
-def _is_mask_gap(err: Exception) -> bool:
-    return "attn_mask is supported by the sparse mechanisms only" in str(err)
-
-
 def run_attnkit(case: Case, mine, x, mask):
-    """(output, aux dataclass or None, reason aux is missing)."""
+    """(output, aux dataclass), with the mask in both calls when there is one."""
     with torch.no_grad():
         out = mine(x, mask) if mask is not None else mine(x)
-        try:
-            aux = mine.forward_with_aux(x, mask)
-        except Exception as e:  # noqa: BLE001
-            if mask is not None and _is_mask_gap(e):
-                return out, None, GAP + "forward_with_aux takes no attn_mask"
-            raise
-    return out, aux, ""
+        aux = mine.forward_with_aux(x, mask)
+    return out, aux
 
 
 def max_err(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -402,11 +393,9 @@ def test_parity(case: Case, compat, request):
     x = make_input(case)
     ref_mask, my_mask = make_mask(case)
     ref_out, ref_aux = run_reference(case, ref, x, ref_mask)
-    out, aux, missing = run_attnkit(case, mine, x, my_mask)
+    out, aux = run_attnkit(case, mine, x, my_mask)
     errors = {"output": max_err(ref_out, out)}
     assert errors["output"] <= TOL, f"output differs by {errors['output']:.3g}"
-    if case.aux and aux is None:
-        pytest.xfail(missing)
     for name in case.aux:
         errors[name] = compare_aux(case, name, ref_aux[name], aux)
         assert errors[name] <= TOL, f"{name} differs by {errors[name]:.3g}"

@@ -1,4 +1,5 @@
 #include "support/contract.h"
+#include "support/tolerance.h"
 
 #include <gmock/gmock.h>
 #include <torch/torch.h>
@@ -156,6 +157,29 @@ TEST_P(AttentionContract, FullyMaskedRowIsFinite) {
   EXPECT_TRUE(torch::isfinite(y).all().item<bool>());
   y.sum().backward();
   EXPECT_TRUE(torch::isfinite(x_grad.grad()).all().item<bool>());
+}
+
+TEST_P(AttentionContract, AuxUnderAMaskMatchesForward) {
+  const ContractCase& c = GetParam();
+  torch::manual_seed(6);
+  Attention m = c.make();
+  m->eval();
+  torch::NoGradGuard no_grad;
+  torch::Tensor x = input_for(c, m);
+  torch::Tensor keep = torch::rand({c.seq_len, c.seq_len}) > 0.3;
+  keep.diagonal().fill_(true);
+  if (!c.takes_mask) {
+    ATTNKIT_EXPECT_ERROR(m->forward_with_aux(x, keep), ::testing::HasSubstr(m->mechanism()),
+                         ::testing::HasSubstr("attn_mask"));
+    return;
+  }
+  AttentionOutput aux = m->forward_with_aux(x, keep);
+  EXPECT_TRUE(testing::close(aux.output, m(x, keep)));
+  if (aux.attn_weights.defined() && aux.attn_weights.size(-1) == c.seq_len) {
+    // the weights of masked keys are 0 (the weights span the keys where their last dim is T)
+    torch::Tensor masked = keep.logical_not().expand_as(aux.attn_weights);
+    EXPECT_EQ(aux.attn_weights.masked_select(masked).abs().max().item<double>(), 0.0);
+  }
 }
 
 TEST_P(AttentionContract, DecodingMatchesFullForward) {

@@ -50,8 +50,11 @@ class AttentionImpl : public torch::nn::Module {
   virtual DecodeState init_state(int64_t batch_size) const;
   /// Whether `forward(x, state)` is available (causal mechanisms only).
   virtual bool supports_decoding() const { return false; }
-  /// The output and the attention weights, computed only when asked.
-  virtual AttentionOutput forward_with_aux(const torch::Tensor& x);
+  /// The output and the attention weights, computed only when asked, with an optional per-call
+  /// mask as in forward(x, attn_mask) (masked weights are 0). Mechanisms without mask support
+  /// raise a c10::Error for a defined mask.
+  virtual AttentionOutput forward_with_aux(const torch::Tensor& x,
+                                           const torch::Tensor& attn_mask = {});
 
   /// The class name without `Impl`, used in messages: "GroupedQueryAttention".
   virtual std::string mechanism() const = 0;

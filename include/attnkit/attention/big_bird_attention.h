@@ -71,7 +71,8 @@ class BigBirdAttentionImpl : public AttentionCloneable<BigBirdAttentionImpl> {
   torch::Tensor forward_padded(const torch::Tensor& x, const torch::Tensor& key_padding_mask);
   DecodeState init_state(int64_t batch_size) const override;
   bool supports_decoding() const override { return options.causal(); }
-  AttentionOutput forward_with_aux(const torch::Tensor& x) override;
+  AttentionOutput forward_with_aux(const torch::Tensor& x,
+                                   const torch::Tensor& attn_mask = {}) override;
   std::string mechanism() const override { return "BigBirdAttention"; }
   int64_t dim() const override { return options.dim(); }
 

@@ -71,7 +71,8 @@ class BlockAttentionImpl : public AttentionCloneable<BlockAttentionImpl> {
 
   torch::Tensor forward(const torch::Tensor& x) override;
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& attn_mask) override;
-  AttentionOutput forward_with_aux(const torch::Tensor& x) override;
+  AttentionOutput forward_with_aux(const torch::Tensor& x,
+                                   const torch::Tensor& attn_mask = {}) override;
   std::string mechanism() const override { return "BlockAttention"; }
   int64_t dim() const override { return options.dim(); }
 

@@ -43,9 +43,11 @@ class CombinedAttentionImpl : public AttentionImpl {
 
   torch::Tensor forward(const torch::Tensor& x) override;
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& attn_mask) override;
-  AttentionOutput forward_with_aux(const torch::Tensor& x) override;
+  AttentionOutput forward_with_aux(const torch::Tensor& x,
+                                   const torch::Tensor& attn_mask = {}) override;
   /// The output, both modules' weights and the gate.
-  CombinedAttentionOutput forward_with_aux_combined(const torch::Tensor& x);
+  CombinedAttentionOutput forward_with_aux_combined(const torch::Tensor& x,
+                                                    const torch::Tensor& attn_mask = {});
   std::string mechanism() const override { return "CombinedAttention"; }
   int64_t dim() const override { return attn_a->dim(); }
 

@@ -108,7 +108,8 @@ class CompressedSparseAttentionImpl : public AttentionCloneable<CompressedSparse
   torch::Tensor forward(const torch::Tensor& x, DecodeState& state) override;
   DecodeState init_state(int64_t batch_size) const override;
   bool supports_decoding() const override { return true; }
-  AttentionOutput forward_with_aux(const torch::Tensor& x) override;
+  AttentionOutput forward_with_aux(const torch::Tensor& x,
+                                   const torch::Tensor& attn_mask = {}) override;
   /// The output with the attention weights, index scores and selection (masked dense path),
   /// under an optional attn_mask as in forward(x, attn_mask).
   CompressedSparseOutput forward_with_aux_sparse(const torch::Tensor& x,

@@ -127,7 +127,8 @@ class DeepSeekSparseAttentionImpl : public AttentionCloneable<DeepSeekSparseAtte
   DecodeState init_state(int64_t batch_size) const override;
   bool supports_decoding() const override { return options.causal(); }
   /// The output and the attention weights [B, H, T, T] (zero outside the selection).
-  AttentionOutput forward_with_aux(const torch::Tensor& x) override;
+  AttentionOutput forward_with_aux(const torch::Tensor& x,
+                                   const torch::Tensor& attn_mask = {}) override;
   /// The output, the attention weights, the index scores and the selection.
   DeepSeekSparseOutput forward_with_aux_sparse(const torch::Tensor& x,
                                                const torch::Tensor& attn_mask = {});

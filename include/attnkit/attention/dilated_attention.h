@@ -54,7 +54,8 @@ class DilatedAttentionImpl : public AttentionCloneable<DilatedAttentionImpl> {
 
   torch::Tensor forward(const torch::Tensor& x) override;
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& attn_mask) override;
-  AttentionOutput forward_with_aux(const torch::Tensor& x) override;
+  AttentionOutput forward_with_aux(const torch::Tensor& x,
+                                   const torch::Tensor& attn_mask = {}) override;
   std::string mechanism() const override { return "DilatedAttention"; }
   int64_t dim() const override { return options.dim(); }
 

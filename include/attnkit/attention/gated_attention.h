@@ -56,9 +56,11 @@ class GatedAttentionImpl : public AttentionImpl {
   torch::Tensor forward(const torch::Tensor& x, DecodeState& state) override;
   DecodeState init_state(int64_t batch_size) const override;
   bool supports_decoding() const override { return attn->supports_decoding(); }
-  AttentionOutput forward_with_aux(const torch::Tensor& x) override;
+  AttentionOutput forward_with_aux(const torch::Tensor& x,
+                                   const torch::Tensor& attn_mask = {}) override;
   /// The output, attn's weights and the gate.
-  GatedAttentionOutput forward_with_aux_gated(const torch::Tensor& x);
+  GatedAttentionOutput forward_with_aux_gated(const torch::Tensor& x,
+                                              const torch::Tensor& attn_mask = {});
   std::string mechanism() const override { return "GatedAttention"; }
   int64_t dim() const override { return attn->dim(); }
 

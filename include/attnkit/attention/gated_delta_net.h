@@ -158,7 +158,8 @@ class GatedDeltaNetImpl : public AttentionCloneable<GatedDeltaNetImpl> {
   /// o_t = sum_s A[t, s] v_s before the output norm and gate (the rule is linear in the values,
   /// so A is the rule applied to identity values). Signed; rows do not sum to 1. O(T^2): for
   /// inspection and pictures, not for long sequences.
-  AttentionOutput forward_with_aux(const torch::Tensor& x) override;
+  AttentionOutput forward_with_aux(const torch::Tensor& x,
+                                   const torch::Tensor& attn_mask = {}) override;
   DecodeState init_state(int64_t batch_size) const override;
   bool supports_decoding() const override { return true; }
   std::string mechanism() const override { return "GatedDeltaNet"; }

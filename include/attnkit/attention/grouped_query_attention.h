@@ -73,7 +73,8 @@ class GroupedQueryAttentionImpl : public AttentionCloneable<GroupedQueryAttentio
   torch::Tensor forward(const torch::Tensor& x, DecodeState& state) override;
   DecodeState init_state(int64_t batch_size) const override;
   bool supports_decoding() const override { return options.causal(); }
-  AttentionOutput forward_with_aux(const torch::Tensor& x) override;
+  AttentionOutput forward_with_aux(const torch::Tensor& x,
+                                   const torch::Tensor& attn_mask = {}) override;
   std::string mechanism() const override { return "GroupedQueryAttention"; }
   int64_t dim() const override { return options.dim(); }
 

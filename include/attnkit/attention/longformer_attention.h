@@ -69,7 +69,8 @@ class LongformerAttentionImpl : public AttentionCloneable<LongformerAttentionImp
   torch::Tensor forward_global(const torch::Tensor& x,
                                const torch::Tensor& global_mask,
                                const torch::Tensor& attn_mask = {});
-  AttentionOutput forward_with_aux(const torch::Tensor& x) override;
+  AttentionOutput forward_with_aux(const torch::Tensor& x,
+                                   const torch::Tensor& attn_mask = {}) override;
   /// forward_global with the attention weights [B, H, T, T].
   AttentionOutput forward_with_aux_global(const torch::Tensor& x,
                                           const torch::Tensor& global_mask,

@@ -67,9 +67,8 @@ class LSHAttentionImpl : public AttentionCloneable<LSHAttentionImpl> {
 
   torch::Tensor forward(const torch::Tensor& x) override;
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& attn_mask) override;
-  AttentionOutput forward_with_aux(const torch::Tensor& x) override;
-  /// forward(x, attn_mask) with the attention weights [B, H, T, T] (masked keys exactly 0).
-  AttentionOutput forward_with_aux_masked(const torch::Tensor& x, const torch::Tensor& attn_mask);
+  AttentionOutput forward_with_aux(const torch::Tensor& x,
+                                   const torch::Tensor& attn_mask = {}) override;
   std::string mechanism() const override { return "LSHAttention"; }
   int64_t dim() const override { return options.dim(); }
 

@@ -104,7 +104,8 @@ class MiniMaxSparseAttentionImpl : public AttentionCloneable<MiniMaxSparseAttent
   DecodeState init_state(int64_t batch_size) const override;
   bool supports_decoding() const override { return options.causal(); }
   /// The output and the attention weights [B, H, T, T] (zero outside the kept keys).
-  AttentionOutput forward_with_aux(const torch::Tensor& x) override;
+  AttentionOutput forward_with_aux(const torch::Tensor& x,
+                                   const torch::Tensor& attn_mask = {}) override;
   /// The output, the attention weights, the index and block scores and the selection.
   MiniMaxSparseOutput forward_with_aux_sparse(const torch::Tensor& x,
                                               const torch::Tensor& attn_mask = {});
