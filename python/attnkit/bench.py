@@ -4,7 +4,8 @@
     python -m attnkit.bench --quick    # small shapes, a smoke test
 
 Each row times attnkit and its peer alternately (warm-up, then the median of --reps runs) and
-prints the ratio peer time / attnkit time: above 1 means attnkit is faster. Peers: PyTorch's
+prints the ratio peer time / attnkit time: above 1 means attnkit is faster. For the sparse
+modules it also prints the peak memory one forward adds, each side in a child process of its own. Peers: PyTorch's
 ``scaled_dot_product_attention`` (ATen's CPU flash attention), PyTorch's ``flex_attention``
 compiled for the CPU (forward only: it has no CPU backward), and the reference library's module
 for the sparse mechanisms when attnhut is installed.
@@ -125,6 +126,46 @@ def decode_rows(t: Table, Tk, reps):
     t.add(f"decode Hq32 Hkv8 Tk{Tk} D128", "SDPA", o, p)
 
 
+# The sparse modules, as attnhut builds them (dim 256, 8 heads, causal where it is an option).
+SPARSE_REFS = {
+    "DeepSeekSparseAttention":
+        lambda L: L.DeepSeekSparseAttention(256, 8, top_k=64, causal=True),
+    "MiniMaxSparseAttention":
+        lambda L: L.MiniMaxSparseAttention(256, 8, 2, block_size=64, top_k=8, causal=True),
+    "CompressedSparseAttention": lambda L: L.CompressedSparseAttention(256, 8, top_k=16),
+}
+
+
+def _rss_mb() -> float:
+    import os
+    return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
+
+
+def _memory_case(spec: str) -> None:
+    """Child process: the peak memory one forward adds, for attnkit or the reference."""
+    import resource
+    import attnhut
+    from attnkit import compat
+    side, name, T = spec.split(":")
+    torch.manual_seed(0)
+    ref = SPARSE_REFS[name](attnhut).eval()
+    module = compat.from_reference(ref).eval() if side == "attnkit" else ref
+    x = torch.randn(1, int(T), 256)
+    with torch.no_grad():
+        module(x[:, :64])  # first-call costs (thread pools, BLAS buffers) before the baseline
+        base = _rss_mb()
+        module(x)
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3 - base)
+
+
+def peak_mb(side: str, name: str, T: int) -> float:
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-m", "attnkit.bench", "--memory-case",
+                          f"{side}:{name}:{T}"], capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
 def sparse_rows(t: Table, seqs, reps):
     try:
         import attnhut
@@ -132,27 +173,25 @@ def sparse_rows(t: Table, seqs, reps):
         print("(attnhut not installed: the sparse rows are skipped)")
         return
     from attnkit import compat
-    torch.manual_seed(0)
-    refs = {
-        "DeepSeekSparseAttention": lambda: attnhut.DeepSeekSparseAttention(256, 8, top_k=64, causal=True),
-        "MiniMaxSparseAttention": lambda: attnhut.MiniMaxSparseAttention(256, 8, 2, block_size=64, top_k=8, causal=True),
-        "CompressedSparseAttention": lambda: attnhut.CompressedSparseAttention(256, 8, top_k=16),
-    }
+    version = getattr(attnhut, "__version__", "")
+    memory = []
     for T in seqs:
         x = torch.randn(1, T, 256)
-        for name, make_ref in refs.items():
-            try:
-                ref = make_ref().eval()
-                ours = compat.from_reference(ref).eval()
-            except Exception as e:  # noqa: BLE001
-                print(f"| {name} T{T} | attnhut | not comparable: {type(e).__name__}: {e} |")
-                continue
+        for name, make_ref in SPARSE_REFS.items():
+            torch.manual_seed(0)
+            ref = make_ref(attnhut).eval()
+            ours = compat.from_reference(ref).eval()
             with torch.no_grad():
                 o, p = paired(lambda: ours(x), lambda: ref(x), reps)
-            t.add(f"{name} T{T} fwd", f"attnhut {attnhut.__version__ if hasattr(attnhut, '__version__') else ''}", o, p)
+            t.add(f"{name} T{T} fwd", f"attnhut {version}", o, p)
             xg = x.clone().requires_grad_()
             o, p = paired(lambda: ours(xg).sum().backward(), lambda: ref(xg).sum().backward(), reps)
-            t.add(f"{name} T{T} train step", "attnhut", o, p)
+            t.add(f"{name} T{T} train step", f"attnhut {version}", o, p)
+            memory.append((f"{name} T{T}", peak_mb("attnkit", name, T),
+                           peak_mb("reference", name, T)))
+    print("\n| forward, peak memory added | attnkit MB | attnhut MB | ratio |\n|---|---|---|---|")
+    for row, ours_mb, ref_mb in memory:
+        print(f"| {row} | {ours_mb:.0f} | {ref_mb:.0f} | **{ref_mb / max(ours_mb, 1e-9):.1f}x** |")
 
 
 def main(argv: Optional[list] = None) -> None:
@@ -161,7 +200,11 @@ def main(argv: Optional[list] = None) -> None:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
     ap.add_argument("--only", default="dense,flex,decode,sparse")
+    ap.add_argument("--memory-case", help=argparse.SUPPRESS)  # internal: one child process
     a = ap.parse_args(argv)
+    if a.memory_case:
+        _memory_case(a.memory_case)
+        return
     if a.threads:
         torch.set_num_threads(a.threads)
     only = set(a.only.split(","))

@@ -141,12 +141,14 @@ class TinyModel(torch.nn.Module):
             attnkit.gather_attention(q, k, v, torch.zeros(1, 1, 12, 2, dtype=torch.long)).sum()
 
 
-def test_torch_compile_matches_eager():
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+def test_torch_compile_matches_eager(backend):
+    torch._dynamo.reset()
     torch.manual_seed(0)
     m = TinyModel()
     x = torch.randn(1, 12, 16)
     eager = torch.autograd.grad(m(x), m.proj.weight)[0]
-    compiled = torch.compile(m, backend="aot_eager", fullgraph=True)
+    compiled = torch.compile(m, backend=backend, fullgraph=True)
     got = torch.autograd.grad(compiled(x), m.proj.weight)[0]
     torch.testing.assert_close(got, eager, rtol=1e-5, atol=1e-6)
 
