@@ -139,14 +139,16 @@ SPARSE_REFS = {
 }
 
 
-def _rss_mb() -> float:
-    import os
-    return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
+def _status_mb(field: str) -> float:
+    for line in open("/proc/self/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1e3
+    raise RuntimeError(f"no {field} in /proc/self/status")
 
 
 def _memory_case(spec: str) -> None:
-    """Child process: the peak memory one forward adds, for attnkit or the reference."""
-    import resource
+    """Child process: the peak memory one forward adds, for attnkit or the reference.
+    (Not getrusage's ru_maxrss: Linux carries it over fork and exec from the parent.)"""
     import attnhut
     from attnkit import compat
     side, name, T = spec.split(":")
@@ -156,9 +158,11 @@ def _memory_case(spec: str) -> None:
     x = torch.randn(1, int(T), 256)
     with torch.no_grad():
         module(x[:, :64])  # first-call costs (thread pools, BLAS buffers) before the baseline
-        base = _rss_mb()
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset the peak resident size (VmHWM) to the current one
+        base = _status_mb("VmRSS")
         module(x)
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3 - base)
+    print(_status_mb("VmHWM") - base)
 
 
 def peak_mb(side: str, name: str, T: int) -> float:
