@@ -13,6 +13,7 @@
 #include <attnkit/functional/gated_delta_rule.h>
 #include <attnkit/functional/gather_attention.h>
 #include <attnkit/functional/index_topk.h>
+#include <attnkit/sparse/mask.h>
 
 #include <attnkit/attention/alibi_attention.h>
 #include <attnkit/attention/attention.h>

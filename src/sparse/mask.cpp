@@ -1,0 +1,331 @@
+#include <attnkit/sparse/mask.h>
+
+#include <torch/torch.h>
+
+#include <utility>
+
+namespace attnkit {
+namespace sparse {
+
+namespace {
+
+using torch::indexing::Slice;
+
+int64_t prod(torch::IntArrayRef sizes) {
+  int64_t p = 1;
+  for (int64_t s : sizes) p *= s;
+  return p;
+}
+
+void check_shape(const char* fn, torch::IntArrayRef shape) {
+  TORCH_CHECK(!shape.empty(), "Mask::", fn, ": shape must have at least 1 dim, got ", shape);
+  for (int64_t s : shape) {
+    TORCH_CHECK(s >= 0, "Mask::", fn, ": shape sizes must be >= 0, got ", shape);
+  }
+}
+
+void check_dtype(const char* fn, torch::Dtype dtype) {
+  TORCH_CHECK(torch::isFloatingType(dtype), "Mask::", fn, ": dtype must be a floating type, got ",
+              dtype);
+}
+
+void check_integral(const char* fn, const char* name, const torch::Tensor& t) {
+  TORCH_CHECK(t.defined(), "Mask::", fn, ": ", name, " must be defined");
+  TORCH_CHECK(torch::isIntegralType(t.scalar_type(), /*includeBool=*/false), "Mask::", fn, ": ",
+              name, " must be an integer tensor, got ", t.scalar_type());
+}
+
+// CSR offsets [rows + 1] from sorted flat positions: ptr[r] = #positions < r * n.
+torch::Tensor ptr_from_sorted(const torch::Tensor& sorted, int64_t rows, int64_t n) {
+  auto bounds = torch::arange(rows + 1, sorted.options()).mul(n);
+  if (sorted.numel() == 0) return torch::zeros({rows + 1}, sorted.options());
+  return torch::searchsorted(sorted, bounds);
+}
+
+// Sorted unique positions and their weights, a duplicated position keeping its last entry.
+std::pair<torch::Tensor, torch::Tensor> last_wins(const torch::Tensor& indices,
+                                                  const torch::Tensor& data) {
+  if (indices.numel() == 0) return {indices, data};
+  auto [sorted, perm] = indices.sort(/*stable=*/true, /*dim=*/0, /*descending=*/false);
+  // A stable sort keeps equal positions in their given order: the last of each run wins.
+  auto keep = torch::ones_like(sorted, sorted.options().dtype(torch::kBool));
+  if (sorted.numel() > 1) {
+    keep.index_put_({Slice(0, -1)}, sorted.index({Slice(1, torch::indexing::None)})
+                                        .ne(sorted.index({Slice(0, -1)})));
+  }
+  return {sorted.index({keep}), data.index({perm}).index({keep})};
+}
+
+}  // namespace
+
+Mask::Mask(std::vector<int64_t> shape, torch::Dtype dtype, torch::Device device, Form form)
+    : shape_(std::move(shape)), dtype_(dtype), device_(device), form_(form) {}
+
+int64_t Mask::numel() const { return prod(shape_); }
+
+int64_t Mask::rows() const { return prod(torch::IntArrayRef(shape_).slice(0, shape_.size() - 1)); }
+
+void Mask::check_same_shape(const char* fn, const torch::Tensor& x) const {
+  TORCH_CHECK(x.defined(), "Mask::", fn, ": x must be defined");
+  TORCH_CHECK(x.sizes() == torch::IntArrayRef(shape_), "Mask::", fn, ": x must have shape ",
+              torch::IntArrayRef(shape_), ", got ", x.sizes());
+}
+
+Mask Mask::empty(torch::IntArrayRef shape, torch::Dtype dtype, torch::Device device) {
+  check_shape("empty", shape);
+  check_dtype("empty", dtype);
+  return Mask(shape.vec(), dtype, device, Form::kEmpty);
+}
+
+Mask Mask::full(torch::IntArrayRef shape, torch::Dtype dtype, torch::Device device) {
+  check_shape("full", shape);
+  check_dtype("full", dtype);
+  return Mask(shape.vec(), dtype, device, Form::kFull);
+}
+
+Mask Mask::from_dense(torch::IntArrayRef shape, const torch::Tensor& dense, torch::Dtype dtype) {
+  check_shape("from_dense", shape);
+  check_dtype("from_dense", dtype);
+  TORCH_CHECK(dense.defined(), "Mask::from_dense: dense must be defined");
+  TORCH_CHECK(dense.sizes() == shape, "Mask::from_dense: dense must have shape ", shape, ", got ",
+              dense.sizes());
+  Mask m(shape.vec(), dtype, dense.device(), Form::kDense);
+  m.dense_ = dense.to(dtype);
+  return m;
+}
+
+Mask Mask::from_indices(torch::IntArrayRef shape,
+                        const torch::Tensor& indices,
+                        const torch::Tensor& ptr,
+                        const torch::Tensor& data,
+                        torch::Dtype dtype) {
+  check_shape("from_indices", shape);
+  check_dtype("from_indices", dtype);
+  check_integral("from_indices", "indices", indices);
+  check_integral("from_indices", "ptr", ptr);
+  const int64_t n = shape.back(), total = prod(shape);
+  const int64_t rows = prod(shape.slice(0, shape.size() - 1));
+  TORCH_CHECK(indices.dim() == 1, "Mask::from_indices: indices must be 1-D, got shape ",
+              indices.sizes());
+  TORCH_CHECK(ptr.dim() == 1, "Mask::from_indices: ptr must be 1-D, got shape ", ptr.sizes());
+  const int64_t E = indices.numel();
+  TORCH_CHECK(ptr.numel() == rows + 1, "Mask::from_indices: ptr must have rows + 1 = ", rows + 1,
+              " entries for shape ", shape, ", got ", ptr.numel());
+  if (data.defined()) {
+    TORCH_CHECK(data.dim() == 1 && data.numel() == E,
+                "Mask::from_indices: data must have shape [", E, "] like indices, got ",
+                data.sizes());
+  }
+  const auto device = indices.device();
+  auto idx = indices.to(torch::kLong);
+  auto p = ptr.to(device, torch::kLong);
+  if (E > 0) {
+    const int64_t lo = idx.min().item<int64_t>(), hi = idx.max().item<int64_t>();
+    TORCH_CHECK(lo >= 0 && hi < total, "Mask::from_indices: indices must lie in [0, ", total,
+                ") for shape ", shape, ", got values in [", lo, ", ", hi, "]");
+  }
+  const int64_t first = p[0].item<int64_t>(), last = p[rows].item<int64_t>();
+  TORCH_CHECK(first == 0, "Mask::from_indices: ptr[0] must be 0, got ", first);
+  TORCH_CHECK(last == E, "Mask::from_indices: ptr[-1] must equal indices.numel() = ", E, ", got ",
+              last);
+  auto counts = p.diff();
+  auto decrease = counts.lt(0);
+  if (decrease.any().item<bool>()) {
+    const int64_t r = decrease.nonzero().min().item<int64_t>();
+    TORCH_CHECK(false, "Mask::from_indices: ptr must be nondecreasing, got ptr[", r,
+                "] = ", p[r].item<int64_t>(), " > ptr[", r + 1, "] = ", p[r + 1].item<int64_t>());
+  }
+  if (E > 0) {
+    // Every entry must lie in the row ptr assigns it to (merge and index() rely on it).
+    auto row_of = torch::repeat_interleave(torch::arange(rows, p.options()), counts);
+    auto wrong = idx.div(n, "floor").ne(row_of);
+    if (wrong.any().item<bool>()) {
+      const int64_t e = wrong.nonzero().min().item<int64_t>();
+      TORCH_CHECK(false, "Mask::from_indices: entry ", e, " (flat index ",
+                  idx[e].item<int64_t>(), ") lies in row ", idx[e].item<int64_t>() / n,
+                  " but ptr places it in row ", row_of[e].item<int64_t>());
+    }
+  }
+  Mask m(shape.vec(), dtype, device, Form::kIndex);
+  m.index_.indices = idx;
+  m.index_.ptr = p;
+  m.index_.data = data.defined() ? data.to(device, dtype)
+                                 : torch::ones({E}, torch::TensorOptions(dtype).device(device));
+  return m;
+}
+
+Mask Mask::from_row_wise(torch::IntArrayRef shape,
+                         const torch::Tensor& row_idx,
+                         const torch::Tensor& data,
+                         torch::Dtype dtype,
+                         bool use_padding,
+                         bool sparse) {
+  check_shape("from_row_wise", shape);
+  check_dtype("from_row_wise", dtype);
+  check_integral("from_row_wise", "row_idx", row_idx);
+  const auto lead = shape.slice(0, shape.size() - 1);
+  TORCH_CHECK(row_idx.dim() == static_cast<int64_t>(shape.size()) &&
+                  row_idx.sizes().slice(0, lead.size()) == lead,
+              "Mask::from_row_wise: row_idx must have shape ", lead, " + [k] for mask shape ",
+              shape, ", got ", row_idx.sizes());
+  const int64_t k = row_idx.size(-1);
+  TORCH_CHECK(k >= 1, "Mask::from_row_wise: row_idx must list k >= 1 columns per row, got k = ",
+              k);
+  if (data.defined()) {
+    TORCH_CHECK(data.sizes() == row_idx.sizes(), "Mask::from_row_wise: data must have shape ",
+                row_idx.sizes(), " like row_idx, got ", data.sizes());
+  }
+  const int64_t n = shape.back(), rows = prod(lead);
+  const auto device = row_idx.device();
+  auto idx = row_idx.to(torch::kLong).reshape({rows, k});
+  if (idx.numel() > 0) {
+    const int64_t lo = idx.min().item<int64_t>(), hi = idx.max().item<int64_t>();
+    TORCH_CHECK(hi < n, "Mask::from_row_wise: row_idx entries must be < n = ", n, ", got ", hi);
+    TORCH_CHECK(lo >= -1, "Mask::from_row_wise: row_idx entries must be >= -1 (padding), got ",
+                lo);
+    TORCH_CHECK(lo >= 0 || use_padding,
+                "Mask::from_row_wise: row_idx contains -1 padding entries but use_padding is "
+                "false");
+  }
+  auto vals = data.defined() ? data.to(device, dtype).reshape({rows, k})
+                             : torch::ones({rows, k}, torch::TensorOptions(dtype).device(device));
+  auto flat = idx + torch::arange(rows, idx.options()).mul(n).unsqueeze(1);  // [rows, k]
+  auto valid = idx.ge(0);
+  if (sparse) {
+    // Boolean selection keeps row-major order: each row's list as given, padding dropped.
+    auto ptr = torch::zeros({rows + 1}, idx.options());
+    ptr.index_put_({Slice(1, torch::indexing::None)}, valid.sum(1).cumsum(0));
+    Mask m(shape.vec(), dtype, device, Form::kIndex);
+    m.index_.indices = flat.index({valid});
+    m.index_.ptr = ptr;
+    m.index_.data = vals.index({valid});
+    return m;
+  }
+  auto [pos, w] = last_wins(flat.index({valid}), vals.index({valid}));
+  auto dense = torch::zeros({rows * n}, torch::TensorOptions(dtype).device(device));
+  dense.index_put_({pos}, w);
+  Mask m(shape.vec(), dtype, device, Form::kDense);
+  m.dense_ = dense.view(shape);
+  return m;
+}
+
+torch::Tensor Mask::dense() const {
+  const auto opts = torch::TensorOptions(dtype_).device(device_);
+  switch (form_) {
+    case Form::kFull:
+      return torch::ones(shape_, opts);
+    case Form::kEmpty:
+      return torch::zeros(shape_, opts);
+    case Form::kDense:
+      return dense_;
+    case Form::kIndex:
+      break;
+  }
+  auto [pos, w] = last_wins(index_.indices, index_.data);
+  auto out = torch::zeros({numel()}, opts);
+  out.index_put_({pos}, w);
+  return out.view(shape_);
+}
+
+MaskIndex Mask::index() const {
+  const auto lopts = torch::TensorOptions(torch::kLong).device(device_);
+  const auto opts = torch::TensorOptions(dtype_).device(device_);
+  const int64_t n = shape_.back(), r = rows();
+  switch (form_) {
+    case Form::kFull:
+      return {torch::arange(numel(), lopts), torch::arange(r + 1, lopts).mul(n),
+              torch::ones({numel()}, opts)};
+    case Form::kEmpty:
+      return {torch::empty({0}, lopts), torch::zeros({r + 1}, lopts), torch::empty({0}, opts)};
+    case Form::kIndex:
+      return index_;
+    case Form::kDense:
+      break;
+  }
+  auto flat = dense_.reshape({-1});
+  auto pos = flat.gt(0).nonzero().squeeze(1);  // row-major order
+  auto ptr = torch::zeros({r + 1}, lopts);
+  if (r > 0) {
+    ptr.index_put_({Slice(1, torch::indexing::None)},
+                   dense_.reshape({r, n}).gt(0).sum(1).cumsum(0));
+  }
+  return {pos, ptr, flat.index({pos})};
+}
+
+double Mask::density() const {
+  switch (form_) {
+    case Form::kFull:
+      return 1.0;
+    case Form::kEmpty:
+      return 0.0;
+    case Form::kDense:
+    case Form::kIndex:
+      break;
+  }
+  const int64_t total = numel();
+  if (total == 0) return 0.0;
+  const double active = form_ == Form::kDense ? dense_.gt(0).sum().item<double>()
+                                              : static_cast<double>(index_.indices.numel());
+  return active / static_cast<double>(total);
+}
+
+torch::Tensor Mask::apply(const torch::Tensor& x) const {
+  check_same_shape("apply", x);
+  if (is_full() || is_empty()) return x;
+  return x.mul(dense()).to(x.scalar_type());
+}
+
+torch::Tensor Mask::apply_inverse(const torch::Tensor& x) const {
+  check_same_shape("apply_inverse", x);
+  if (is_full() || is_empty()) return x;
+  auto m = dense();
+  auto scaled = x.mul(m.add(1e-6).reciprocal());
+  return torch::where(m.ne(0), scaled, torch::zeros_like(scaled)).to(x.scalar_type());
+}
+
+torch::Tensor Mask::row_sum_inverse(const torch::Tensor& x) const {
+  check_same_shape("row_sum_inverse", x);
+  return apply_inverse(x).sum(-1, /*keepdim=*/true);
+}
+
+Mask Mask::merge(const Mask& other) const {
+  TORCH_CHECK(other.shape_ == shape_, "Mask::merge: other must have shape ",
+              torch::IntArrayRef(shape_), ", got ", torch::IntArrayRef(other.shape_));
+  if (is_full() || other.is_full()) return Mask(shape_, dtype_, device_, Form::kFull);
+  if (is_empty() && other.is_empty()) return Mask(shape_, dtype_, device_, Form::kEmpty);
+  auto retyped = [this](const Mask& m) {
+    Mask out = m;
+    out.dtype_ = dtype_;
+    if (out.dense_.defined()) out.dense_ = out.dense_.to(dtype_);
+    if (out.index_.data.defined()) out.index_.data = out.index_.data.to(dtype_);
+    return out;
+  };
+  if (is_empty()) return retyped(other);
+  if (other.is_empty()) return *this;
+  TORCH_CHECK(other.device_ == device_, "Mask::merge: other must be on device ", device_,
+              ", got ", other.device_);
+  if (is_index() && other.is_index()) {
+    auto [pa, wa] = last_wins(index_.indices, index_.data);
+    auto [pb, wb] = last_wins(other.index_.indices, other.index_.data.to(dtype_));
+    auto pos = torch::cat({pa, pb});
+    auto w = torch::cat({wa, wb});
+    Mask m(shape_, dtype_, device_, Form::kIndex);
+    if (pos.numel() == 0) {
+      m.index_ = {pos, torch::zeros({rows() + 1}, pos.options()), w};
+      return m;
+    }
+    auto [sorted, perm] = pos.sort(/*stable=*/true, /*dim=*/0, /*descending=*/false);
+    auto runs = torch::unique_consecutive(sorted, /*return_inverse=*/true);
+    const auto& uniq = std::get<0>(runs);
+    const auto& inverse = std::get<1>(runs);
+    auto summed = torch::zeros({uniq.numel()}, w.options()).index_add_(0, inverse, w.index({perm}));
+    m.index_ = {uniq, ptr_from_sorted(uniq, rows(), shape_.back()), summed.clamp(0, 1)};
+    return m;
+  }
+  Mask m(shape_, dtype_, device_, Form::kDense);
+  m.dense_ = dense().add(other.dense().to(dtype_)).clamp(0, 1);
+  return m;
+}
+
+}  // namespace sparse
+}  // namespace attnkit
