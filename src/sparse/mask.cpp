@@ -37,9 +37,8 @@ void check_integral(const char* fn, const char* name, const torch::Tensor& t) {
 
 // CSR offsets [rows + 1] from sorted flat positions: ptr[r] = #positions < r * n.
 torch::Tensor ptr_from_sorted(const torch::Tensor& sorted, int64_t rows, int64_t n) {
-  auto bounds = torch::arange(rows + 1, sorted.options()).mul(n);
   if (sorted.numel() == 0) return torch::zeros({rows + 1}, sorted.options());
-  return torch::searchsorted(sorted, bounds);
+  return torch::searchsorted(sorted, torch::arange(rows + 1, sorted.options()).mul(n));
 }
 
 // Sorted unique positions and their weights, a duplicated position keeping its last entry.
@@ -191,22 +190,17 @@ Mask Mask::from_row_wise(torch::IntArrayRef shape,
                              : torch::ones({rows, k}, torch::TensorOptions(dtype).device(device));
   auto flat = idx + torch::arange(rows, idx.options()).mul(n).unsqueeze(1);  // [rows, k]
   auto valid = idx.ge(0);
-  if (sparse) {
-    // Boolean selection keeps row-major order: each row's list as given, padding dropped.
-    auto ptr = torch::zeros({rows + 1}, idx.options());
-    ptr.index_put_({Slice(1, torch::indexing::None)}, valid.sum(1).cumsum(0));
-    Mask m(shape.vec(), dtype, device, Form::kIndex);
-    m.index_.indices = flat.index({valid});
-    m.index_.ptr = ptr;
-    m.index_.data = vals.index({valid});
-    return m;
-  }
-  auto [pos, w] = last_wins(flat.index({valid}), vals.index({valid}));
-  auto dense = torch::zeros({rows * n}, torch::TensorOptions(dtype).device(device));
-  dense.index_put_({pos}, w);
-  Mask m(shape.vec(), dtype, device, Form::kDense);
-  m.dense_ = dense.view(shape);
-  return m;
+  // Boolean selection keeps row-major order: each row's list as given, padding dropped.
+  auto ptr = torch::zeros({rows + 1}, idx.options());
+  ptr.index_put_({Slice(1, torch::indexing::None)}, valid.sum(1).cumsum(0));
+  Mask m(shape.vec(), dtype, device, Form::kIndex);
+  m.index_.indices = flat.index({valid});
+  m.index_.ptr = ptr;
+  m.index_.data = vals.index({valid});
+  if (sparse) return m;
+  Mask d(shape.vec(), dtype, device, Form::kDense);
+  d.dense_ = m.dense();  // duplicates collapse there, the last entry of a row's list winning
+  return d;
 }
 
 torch::Tensor Mask::dense() const {
