@@ -20,6 +20,7 @@
 #include <attnkit/attention/minimax_sparse_attention.h>
 #include <attnkit/attention/multi_head_latent_attention.h>
 #include <attnkit/attention/multi_query_attention.h>
+#include <attnkit/attention/research_attention_module.h>
 #include <attnkit/attention/standard_attention.h>
 #include <attnkit/core/rope.h>
 
@@ -325,6 +326,27 @@ struct Codec<std::vector<int64_t>> {
       b.type_error(name, expected(), v);
     }
     out = v.get<std::vector<int64_t>>();
+  }
+};
+
+/// A JSON document held as text (ResearchAttentionModule's masker configuration): given inline
+/// (an array or object), or as a string of JSON text.
+template <>
+struct Codec<std::string> {
+  static constexpr const char* kType = "json";
+  static std::string expected() { return "a JSON array or object (or its text)"; }
+  static json to_json(const std::string& value) {
+    json parsed = json::parse(value, nullptr, /*allow_exceptions=*/false);
+    return parsed.is_discarded() ? json(value) : parsed;
+  }
+  static void read(const json& v, std::string& out, const Binder& b, const char* name) {
+    if (v.is_string()) {
+      out = v.get<std::string>();
+    } else if (v.is_array() || v.is_object()) {
+      out = v.dump();
+    } else {
+      b.type_error(name, expected(), v);
+    }
   }
 };
 
@@ -766,6 +788,20 @@ Attention make_gdn(Binder& b) {
   return b.build<GatedDeltaNet>(o);
 }
 
+Attention make_research(Binder& b) {
+  ResearchAttentionModuleOptions o(kPlaceholder, kPlaceholder, kPlaceholder);
+  REQ(b, o, dim);
+  REQ(b, o, num_heads);
+  REQ(b, o, num_kv_heads);
+  OPT(b, o, maskers);
+  OPT(b, o, head_dim);
+  OPT(b, o, causal);
+  OPT(b, o, dropout);
+  OPT(b, o, bias);
+  OPT(b, o, layer_idx);
+  return b.build<ResearchAttentionModule>(o);
+}
+
 #undef REQ
 #undef OPT
 
@@ -802,6 +838,7 @@ const std::vector<Entry>& entries() {
       {"gated", "GatedAttention", make_gated},
       {"combined", "CombinedAttention", make_combined},
       {"gdn", "GatedDeltaNet", make_gdn},
+      {"research", "ResearchAttentionModule", make_research},
   };
   return table;
 }

@@ -96,6 +96,23 @@ void expect_runs(Attention attn, const MechanismInfo& m) {
   EXPECT_TRUE(torch::isfinite(y).all().item<bool>());
 }
 
+TEST(Factory, ResearchMaskersInlineOrAsText) {
+  const char* maskers = R"([{"type":"sink","sink_size":2},{"type":"oracle_top_k","heavy_size":3}])";
+  for (const std::string& options :
+       {std::string(R"({"dim": 32, "num_heads": 4, "num_kv_heads": 2, "maskers": )") + maskers +
+            "}",
+        std::string(R"({"dim": 32, "num_heads": 4, "num_kv_heads": 2, "maskers": )") +
+            json(maskers).dump() + "}"}) {
+    Attention m = make_attention("research", options);
+    EXPECT_EQ(m->mechanism(), "ResearchAttentionModule");
+    EXPECT_EQ(m->forward(torch::randn({1, 5, 32})).sizes(), torch::IntArrayRef({1, 5, 32}));
+  }
+  EXPECT_THAT([] { make_attention("research", R"({"dim": 32, "num_heads": 4,
+                                                 "num_kv_heads": 2, "maskers": 3})"); },
+              ::testing::ThrowsMessage<c10::Error>(::testing::HasSubstr(
+                  "option \"maskers\" expects a JSON array or object (or its text), got 3")));
+}
+
 // --- the catalogue -------------------------------------------------------------------------------
 
 TEST(Factory, CatalogListsTheSequenceMechanismsInRegistryOrder) {
@@ -106,13 +123,13 @@ TEST(Factory, CatalogListsTheSequenceMechanismsInRegistryOrder) {
                                              "csa",      "delta",    "diff",       "local",
                                              "dilated",  "block",    "longformer", "alibi",
                                              "lsh",      "linear",   "gated",      "combined",
-                                             "gdn"}));
+                                             "gdn",      "research"}));
 }
 
 TEST(Factory, CatalogEntriesAreWellFormed) {
   const std::set<std::string> types = {"int",    "bool", "float", "int?",       "float?",
                                        "string", "int[]", "rope", "rope?", "decay_gate",
-                                       "attention"};
+                                       "attention", "json"};
   for (const MechanismInfo& m : mechanism_catalog()) {
     SCOPED_TRACE(m.name);
     EXPECT_FALSE(m.class_name.empty());

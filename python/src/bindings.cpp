@@ -134,6 +134,10 @@ functional::FlexAttentionOptions flex_options(std::optional<double> scale,
 }  // namespace
 }  // namespace attnkit
 
+namespace attnkit {
+void bind_sparse(py::module_& parent);  // sparse_bindings.cpp
+}  // namespace attnkit
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   using namespace attnkit;
   m.doc() = "attnkit's C++ library (use the attnkit package, not this module)";
@@ -400,4 +404,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
           return vjp(run, {q, k, v, g, beta, value_or_undefined(initial_state)},
                      {dout, value_or_undefined(dstate)});
         });
+  attnkit::bind_sparse(m);
 }

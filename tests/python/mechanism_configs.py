@@ -24,6 +24,10 @@ CONFIGS = {
     "combined": dict(attn_a={"type": "local", "dim": 32, "num_heads": 4, "window_size": 4},
                      attn_b={"type": "linear", "dim": 32, "num_heads": 4}),
     "gdn": dict(dim=32, num_qk_heads=2, num_v_heads=4),
+    # Counts, so that a prefill and token-by-token decoding pick the same keys.
+    "research": dict(dim=32, num_heads=4, num_kv_heads=2,
+                     maskers=[{"type": "sink", "sink_size": 2},
+                              {"type": "oracle_top_k", "heavy_size": 4}]),
 }
 
 # Mechanisms with a `causal` option (the rest are causal always or never).

@@ -1,6 +1,7 @@
 #include "registry.h"
 
 #include <attnkit/attnkit.h>
+#include <attnkit/attention/research_attention_module.h>
 
 #include <algorithm>
 #include <cctype>
@@ -211,6 +212,20 @@ std::vector<Mechanism> make_table() {
        [](const MechanismConfig& c) {
          return as_attention(
              GatedDeltaNet(GatedDeltaNetOptions(c.dim, c.num_kv_heads, c.num_heads)));
+       }},
+      {"research",
+       "ResearchAttentionModule",
+       "maskers composed into one sparse pattern (sink + top-k here), on the gather kernel",
+       {"Desai et al.", 2025,
+        "vAttention: Verified Sparse Attention (sparse-attention-hub's research attention)"},
+       [](const MechanismConfig& c) {
+         // Counts, not fractions, so that a prefill and token-by-token decoding pick the same
+         // keys (see docs/maskers.md).
+         return as_attention(ResearchAttentionModule(
+             ResearchAttentionModuleOptions(c.dim, c.num_heads, c.num_kv_heads)
+                 .causal(c.causal)
+                 .maskers(R"([{"type":"sink","sink_size":4},)"
+                          R"({"type":"oracle_top_k","heavy_size":32}])")));
        }},
       {"slot",
        "SlotAttention",
