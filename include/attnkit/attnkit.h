@@ -13,7 +13,12 @@
 #include <attnkit/functional/gated_delta_rule.h>
 #include <attnkit/functional/gather_attention.h>
 #include <attnkit/functional/index_topk.h>
+#include <attnkit/sparse/fixed_maskers.h>
+#include <attnkit/sparse/learned_maskers.h>
 #include <attnkit/sparse/mask.h>
+#include <attnkit/sparse/masker.h>
+#include <attnkit/sparse/research_attention.h>
+#include <attnkit/sparse/sampling_maskers.h>
 
 #include <attnkit/attention/alibi_attention.h>
 #include <attnkit/attention/attention.h>
@@ -38,6 +43,7 @@
 #include <attnkit/attention/multi_head_latent_attention.h>
 #include <attnkit/attention/multi_query_attention.h>
 #include <attnkit/attention/projected_attention.h>
+#include <attnkit/attention/research_attention_module.h>
 #include <attnkit/attention/slot_attention.h>
 #include <attnkit/attention/standard_attention.h>
 #include <attnkit/factory.h>

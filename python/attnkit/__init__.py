@@ -4,11 +4,13 @@
     attn = attnkit.GroupedQueryAttention(512, 8, 2, causal=True)   # an nn.Module
     y = attn(torch.randn(2, 128, 512))
     state = attn.init_state(batch_size=1)                          # token-by-token decoding
+    ra = attnkit.sparse.ResearchAttention([{"type": "sink", "sink_size": 128}, ...])
 """
 
 import torch  # loads libtorch before the extension that links it
 
 from . import _C
+from . import sparse
 from ._C import DecodeState, Error
 from ._modules import (CLASSES, Attention, AttentionAux, CausalJEPAAttention, CausalJEPAOutput,
                        SlotAttention, make, mechanisms)
@@ -39,7 +41,7 @@ def cjepa_masked_loss(pred, target, mask_slots, history_frames):
     return _C.cjepa_masked_loss(pred, target, mask_slots, history_frames)
 
 
-__all__ = ["Attention", "AttentionAux", "SlotAttention", "CausalJEPAAttention",
+__all__ = ["sparse", "Attention", "AttentionAux", "SlotAttention", "CausalJEPAAttention",
            "CausalJEPAOutput", "cjepa_masked_loss", "BlockMask", "DecodeState", "Error", "make",
            "mechanisms", "create_block_mask", "flex_attention", "gather_attention", "index_topk",
            "gated_delta_rule", "dsa_index_aux_loss", "msa_index_aux_loss",

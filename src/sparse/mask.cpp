@@ -35,12 +35,6 @@ void check_integral(const char* fn, const char* name, const torch::Tensor& t) {
               name, " must be an integer tensor, got ", t.scalar_type());
 }
 
-// CSR offsets [rows + 1] from sorted flat positions: ptr[r] = #positions < r * n.
-torch::Tensor ptr_from_sorted(const torch::Tensor& sorted, int64_t rows, int64_t n) {
-  if (sorted.numel() == 0) return torch::zeros({rows + 1}, sorted.options());
-  return torch::searchsorted(sorted, torch::arange(rows + 1, sorted.options()).mul(n));
-}
-
 // Sorted unique positions and their weights, a duplicated position keeping its last entry.
 std::pair<torch::Tensor, torch::Tensor> last_wins(const torch::Tensor& indices,
                                                   const torch::Tensor& data) {
@@ -53,6 +47,62 @@ std::pair<torch::Tensor, torch::Tensor> last_wins(const torch::Tensor& indices,
                                         .ne(sorted.index({Slice(0, -1)})));
   }
   return {sorted.index({keep}), data.index({perm}).index({keep})};
+}
+
+// Each row's CSR entries as a padded [rows, K] list; padding has column n (after every column)
+// and weight 0. O(entries + rows * K).
+std::pair<torch::Tensor, torch::Tensor> padded_rows(const MaskIndex& idx,
+                                                    int64_t rows,
+                                                    int64_t n,
+                                                    torch::Dtype dtype) {
+  auto counts = idx.ptr.diff();
+  const int64_t K = idx.indices.numel() > 0 ? counts.max().item<int64_t>() : 0;
+  auto cols = torch::full({rows, K}, n, idx.indices.options());
+  auto data = torch::zeros({rows, K}, idx.indices.options().dtype(dtype));
+  if (K > 0) {
+    auto row_of = torch::repeat_interleave(torch::arange(rows, idx.ptr.options()), counts);
+    auto flat = row_of * K + torch::arange(idx.indices.numel(), idx.ptr.options()) -
+                idx.ptr.index({row_of});
+    cols.view(-1).index_put_({flat}, idx.indices.remainder(n));
+    data.view(-1).index_put_({flat}, idx.data.to(dtype));
+  }
+  return {cols, data};
+}
+
+// The union of two CSR masks, row by row: within each mask a repeated column keeps its last
+// entry (as `dense` reads it), then the two weights of a column are added and capped at 1.
+// One stable sort per row of (column, source) keys, so the cost is a batched sort of short
+// rows, never a sort of every entry of the mask.
+MaskIndex merge_rows(const MaskIndex& a, const MaskIndex& b, int64_t rows, int64_t n,
+                     torch::Dtype dtype) {
+  auto [ca, da] = padded_rows(a, rows, n, dtype);
+  auto [cb, db] = padded_rows(b, rows, n, dtype);
+  if (ca.size(1) + cb.size(1) == 0) {
+    return {a.indices.narrow(0, 0, 0), torch::zeros({rows + 1}, a.ptr.options()),
+            torch::empty({0}, a.indices.options().dtype(dtype))};
+  }
+  // Key 2 * column + source: a's entries of a column sort before b's, each in given order.
+  auto key = torch::cat({ca * 2, cb * 2 + 1}, 1);
+  auto [skey, perm] = key.sort(/*stable=*/true, /*dim=*/1, /*descending=*/false);
+  auto w = torch::cat({da, db}, 1).gather(1, perm);
+  auto col = skey.div(2, "floor");
+  auto last = torch::full({rows, 1}, -1, skey.options());
+  auto next_key = torch::cat({skey.narrow(1, 1, skey.size(1) - 1), last}, 1);
+  auto next_col = torch::cat({col.narrow(1, 1, col.size(1) - 1), last}, 1);
+  // The last entry of each (column, source) run counts. A column ends at its last entry, which
+  // is its last b entry if b has it; a's counted entry (the most recent one before) is added.
+  auto col_end = col.ne(next_col);
+  auto from_b = skey.remainder(2).eq(1);
+  auto counted_a = skey.ne(next_key) & from_b.logical_not();
+  auto at = torch::arange(skey.size(1), skey.options()).expand_as(skey);
+  auto recent_a = std::get<0>(torch::where(counted_a, at, torch::full_like(at, -1)).cummax(1));
+  auto safe = recent_a.clamp_min(0);
+  auto add_a = from_b & recent_a.ge(0) & col.gather(1, safe).eq(col);
+  auto total = w + torch::where(add_a, w.gather(1, safe), torch::zeros_like(w));
+  auto keep = col_end & col.lt(n);
+  auto flat = col + torch::arange(rows, col.options()).mul(n).unsqueeze(1);
+  auto ptr = torch::cat({torch::zeros({1}, a.ptr.options()), keep.sum(1).cumsum(0)});
+  return {flat.masked_select(keep), ptr, total.masked_select(keep).clamp(0, 1)};
 }
 
 }  // namespace
@@ -299,21 +349,9 @@ Mask Mask::merge(const Mask& other) const {
   TORCH_CHECK(other.device_ == device_, "Mask::merge: other must be on device ", device_,
               ", got ", other.device_);
   if (is_index() && other.is_index()) {
-    auto [pa, wa] = last_wins(index_.indices, index_.data);
-    auto [pb, wb] = last_wins(other.index_.indices, other.index_.data.to(dtype_));
-    auto pos = torch::cat({pa, pb});
-    auto w = torch::cat({wa, wb});
     Mask m(shape_, dtype_, device_, Form::kIndex);
-    if (pos.numel() == 0) {
-      m.index_ = {pos, torch::zeros({rows() + 1}, pos.options()), w};
-      return m;
-    }
-    auto [sorted, perm] = pos.sort(/*stable=*/true, /*dim=*/0, /*descending=*/false);
-    auto runs = torch::unique_consecutive(sorted, /*return_inverse=*/true);
-    const auto& uniq = std::get<0>(runs);
-    const auto& inverse = std::get<1>(runs);
-    auto summed = torch::zeros({uniq.numel()}, w.options()).index_add_(0, inverse, w.index({perm}));
-    m.index_ = {uniq, ptr_from_sorted(uniq, rows(), shape_.back()), summed.clamp(0, 1)};
+    m.index_ = merge_rows(index_, other.index_, rows(), shape_.back(), dtype_);
+    m.rows_unique_ = true;
     return m;
   }
   Mask m(shape_, dtype_, device_, Form::kDense);

@@ -348,7 +348,7 @@ RowLists row_lists(const Mask& mask) {
     return {torch::arange(n, opts.dtype(torch::kLong)).expand(with_k(n)).contiguous(),
             torch::ones(with_k(n), opts.dtype(mask.dtype()))};
   }
-  MaskIndex idx = without_duplicates(mask).index();
+  MaskIndex idx = (mask.rows_unique() ? mask : without_duplicates(mask)).index();
   auto counts = idx.ptr.diff();
   const int64_t k = counts.numel() ? counts.max().item<int64_t>() : 0;
   auto cols = torch::full({rows, k}, -1, opts.dtype(torch::kLong));
@@ -364,7 +364,7 @@ RowLists row_lists(const Mask& mask) {
 }
 
 Mask without_duplicates(const Mask& mask) {
-  if (!mask.is_index()) return mask;
+  if (mask.rows_unique()) return mask;
   // Merging with an INDEX mask of no entries reduces each mask's repeated positions to their
   // last entry and sorts the rows (see Mask::merge); adding nothing keeps the weights.
   auto opts = torch::TensorOptions().device(mask.device()).dtype(torch::kLong);

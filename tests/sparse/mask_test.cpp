@@ -514,6 +514,8 @@ TEST(MaskMerge, IndexUnionRandomEqualsDenseMerge) {
   Mask b = Mask::from_row_wise(shape, ib, torch::rand({2, 2, 3, 6}));
   Mask m = a.merge(b);
   EXPECT_TRUE(m.is_index());
+  EXPECT_FALSE(a.rows_unique());  // from_row_wise lists may repeat a column
+  EXPECT_TRUE(m.rows_unique());   // merge sorts and deduplicates every row
   expect_equal(m.dense(), (a.dense() + b.dense()).clamp(0, 1));
   MaskIndex ix = m.index();
   // Lists sorted, and ptr agrees with a dense mask of the same entries.

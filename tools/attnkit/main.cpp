@@ -1,4 +1,4 @@
-// attnkit: the command-line tool (list, run, tour, viz). Parses the arguments, sets the thread
+// attnkit: the command-line tool (list, run, tour, viz, bench, sparse-eval). Parses the arguments, sets the thread
 // count, warns about a slow BLAS, runs one subcommand, and turns every error into one line on
 // stderr and exit code 2.
 
@@ -7,6 +7,7 @@
 #include "commands.h"
 #include "measure.h"
 #include "registry.h"
+#include "sparse_eval.h"
 #include "viz.h"
 
 #include <torch/torch.h>
@@ -175,6 +176,51 @@ int main(int argc, char** argv) {
       ->check(kPositive)
       ->capture_default_str();
 
+  attnkit::cli::SparseEvalOptions sparse_options;
+  CLI::App* sparse_eval = app.add_subcommand(
+      "sparse-eval",
+      "Density and error against dense attention of sparse masker configurations, by key length");
+  sparse_eval
+      ->add_option("--maskers", sparse_options.maskers,
+                   "A JSON array of masker objects, or a file holding one; repeat for more "
+                   "configs (default: sink 128 + local 128 + oracle_top_k 0.1, and sink 128 + "
+                   "local 128 + random_sampling 0.1)")
+      // One JSON value per --maskers, kept whole (CLI11 would split a "[a,b]" value at commas).
+      ->expected(1)
+      ->allow_extra_args(false)
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
+  sparse_eval
+      ->add_option("--lengths", sparse_options.lengths,
+                   "Key lengths, comma-separated (default: 1024,4096,16384; with --qkv the "
+                   "file's Tk)")
+      ->delimiter(',')
+      ->check(kPositive);
+  sparse_eval->add_option("--queries", sparse_options.queries, "Queries per head (random data)")
+      ->check(kPositive)
+      ->capture_default_str();
+  sparse_eval->add_option("--batch", sparse_options.batch, "Batch size (random data)")
+      ->check(kPositive)
+      ->capture_default_str();
+  sparse_eval->add_option("--heads", sparse_options.heads, "Query heads (random data)")
+      ->check(kPositive)
+      ->capture_default_str();
+  sparse_eval
+      ->add_option("--kv-heads", sparse_options.kv_heads,
+                   "Key/value heads, dividing --heads (random data)")
+      ->check(kPositive)
+      ->capture_default_str();
+  sparse_eval->add_option("--head-dim", sparse_options.head_dim, "Head width (random data)")
+      ->check(kPositive)
+      ->capture_default_str();
+  sparse_eval->add_option(
+      "--qkv", sparse_options.qkv,
+      "torch.save'd dict {\"q\": [B,H,Tq,D], \"k\": [B,Hkv,Tk,D], \"v\": [B,Hkv,Tk,Dv]} instead "
+      "of random data: each length L uses k, v[:, :, :L] and all of q");
+  sparse_eval->add_option("--png", sparse_options.png, "PNG file to draw error versus density into");
+  sparse_eval->add_option("--repeats", sparse_options.repeats, "Timed repetitions (medians reported)")
+      ->check(kPositive)
+      ->capture_default_str();
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -198,6 +244,10 @@ int main(int argc, char** argv) {
       viz_options.seq_len = viz_args.seq_len;
       viz_options.seed = seed;
       return attnkit::cli::run_viz(name, viz_options, std::cout);
+    }
+    if (app.got_subcommand("sparse-eval")) {
+      sparse_options.seed = seed;
+      return attnkit::cli::run_sparse_eval(sparse_options, std::cout);
     }
     const attnkit::cli::MeasureOptions options = to_measure_options(args, seed);
     if (app.got_subcommand("run")) return attnkit::cli::run_one(name, options, std::cout);

@@ -1,7 +1,6 @@
 #include "registry.h"
 
 #include <attnkit/attnkit.h>
-#include <attnkit/attention/research_attention_module.h>
 
 #include <algorithm>
 #include <cctype>

@@ -99,6 +99,10 @@ class Mask {
   bool is_index() const { return form_ == Form::kIndex; }
   /// How the mask is stored.
   Form form() const { return form_; }
+  /// Whether each row's stored columns are known to be sorted and distinct: true for FULL,
+  /// EMPTY, DENSE and for INDEX masks made by `merge`; false for other INDEX masks (which may
+  /// list a column twice). Lets consumers of the lists skip a deduplication.
+  bool rows_unique() const { return form_ != Form::kIndex || rows_unique_; }
   /// The mask's shape (*, n).
   const std::vector<int64_t>& shape() const { return shape_; }
   /// The dtype of the mask's values.
@@ -158,6 +162,7 @@ class Mask {
   Form form_;
   torch::Tensor dense_;  // DENSE only
   MaskIndex index_;      // INDEX only
+  bool rows_unique_ = false;  // INDEX only: see rows_unique()
 };
 
 }  // namespace sparse
