@@ -1,6 +1,6 @@
-// attnkit: the command-line tool (list, run, tour, viz, bench, sparse-eval). Parses the arguments, sets the thread
-// count, warns about a slow BLAS, runs one subcommand, and turns every error into one line on
-// stderr and exit code 2.
+// attnkit: the command-line tool (list, run, tour, viz, bench, sparse-eval). Parses the
+// arguments, sets the thread count, warns about a slow BLAS, runs one subcommand, and turns every
+// error into one line on stderr and exit code 2.
 
 #include "bench.h"
 #include "blas_check.h"
@@ -216,8 +216,10 @@ int main(int argc, char** argv) {
       "--qkv", sparse_options.qkv,
       "torch.save'd dict {\"q\": [B,H,Tq,D], \"k\": [B,Hkv,Tk,D], \"v\": [B,Hkv,Tk,Dv]} instead "
       "of random data: each length L uses k, v[:, :, :L] and all of q");
-  sparse_eval->add_option("--png", sparse_options.png, "PNG file to draw error versus density into");
-  sparse_eval->add_option("--repeats", sparse_options.repeats, "Timed repetitions (medians reported)")
+  sparse_eval->add_option("--png", sparse_options.png,
+                          "PNG file to draw error versus density into");
+  sparse_eval
+      ->add_option("--repeats", sparse_options.repeats, "Timed repetitions (medians reported)")
       ->check(kPositive)
       ->capture_default_str();
 
