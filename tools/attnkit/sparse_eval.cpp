@@ -1,17 +1,15 @@
 #include "sparse_eval.h"
+#include "viz.h"
 
 #include <attnkit/sparse/research_attention.h>
 
 #include <torch/serialize.h>
 #include <torch/torch.h>
 
-#include <png.h>
-
 #include <algorithm>
 #include <array>
 #include <chrono>
 #include <cmath>
-#include <cstring>
 #include <fstream>
 #include <iomanip>
 #include <iterator>
@@ -556,25 +554,6 @@ std::vector<uint8_t> plot_sparse_eval(const std::vector<SparseEvalRow>& rows,
   return canvas.take();
 }
 
-void write_rgb_png(const std::string& path,
-                   int64_t width,
-                   int64_t height,
-                   const std::vector<uint8_t>& pixels) {
-  // libpng's simplified API: no setjmp, errors come back in image.message.
-  png_image image;
-  std::memset(&image, 0, sizeof image);
-  image.version = PNG_IMAGE_VERSION;
-  image.width = static_cast<png_uint_32>(width);
-  image.height = static_cast<png_uint_32>(height);
-  image.format = PNG_FORMAT_RGB;
-  if (!png_image_write_to_file(&image, path.c_str(), /*convert_to_8bit=*/0, pixels.data(),
-                               /*row_stride=*/0, /*colormap=*/nullptr)) {
-    const std::string message = image.message;
-    png_image_free(&image);
-    throw std::runtime_error("cannot write " + path + ": " + message);
-  }
-}
-
 int run_sparse_eval(const SparseEvalOptions& options, std::ostream& out) {
   std::vector<std::string> configs;
   for (const std::string& value : options.maskers) configs.push_back(masker_config_text(value));
@@ -622,7 +601,7 @@ int run_sparse_eval(const SparseEvalOptions& options, std::ostream& out) {
     bool log_y = false;
     const std::vector<uint8_t> pixels =
         plot_sparse_eval(rows, configs.size(), kWidth, kHeight, log_y);
-    write_rgb_png(options.png, kWidth, kHeight, pixels);
+    write_png(options.png, kWidth, kHeight, pixels, /*rgb=*/true);
     out << "\nwrote " << options.png << ": " << kWidth << " x " << kHeight
         << " px; x = density, y = relative error (" << (log_y ? "log10 scale" : "linear")
         << "); one colour per config (see above), points joined in length order\n";

@@ -101,12 +101,6 @@ std::vector<uint8_t> plot_sparse_eval(const std::vector<SparseEvalRow>& rows,
                                       int64_t height,
                                       bool& log_y);
 
-/// Writes an 8-bit RGB PNG (libpng). Throws std::runtime_error naming the file on failure.
-void write_rgb_png(const std::string& path,
-                   int64_t width,
-                   int64_t height,
-                   const std::vector<uint8_t>& pixels);
-
 /// `attnkit sparse-eval`: prints the legend and the table, writes the PNG when asked.
 int run_sparse_eval(const SparseEvalOptions& options, std::ostream& out);
 

@@ -131,17 +131,18 @@ std::vector<uint8_t> render(const AttentionMap& map,
   return pixels;
 }
 
-void write_grey_png(const std::string& path,
-                    int64_t width,
-                    int64_t height,
-                    const std::vector<uint8_t>& pixels) {
+void write_png(const std::string& path,
+               int64_t width,
+               int64_t height,
+               const std::vector<uint8_t>& pixels,
+               bool rgb) {
   // libpng's simplified API: no setjmp, errors come back in image.message.
   png_image image;
   std::memset(&image, 0, sizeof image);
   image.version = PNG_IMAGE_VERSION;
   image.width = static_cast<png_uint_32>(width);
   image.height = static_cast<png_uint_32>(height);
-  image.format = PNG_FORMAT_GRAY;
+  image.format = rgb ? PNG_FORMAT_RGB : PNG_FORMAT_GRAY;
   if (!png_image_write_to_file(&image, path.c_str(), /*convert_to_8bit=*/0, pixels.data(),
                                /*row_stride=*/0, /*colormap=*/nullptr)) {
     const std::string message = image.message;
@@ -160,7 +161,7 @@ int run_viz(const std::string& name, const VizOptions& options, std::ostream& ou
   const bool grid = options.grid && cell >= 4;
   int64_t width = 0, height = 0;
   const std::vector<uint8_t> pixels = render(map, cell, options.binary, grid, width, height);
-  write_grey_png(options.out, width, height, pixels);
+  write_png(options.out, width, height, pixels);
 
   const double density = map.visible.to(torch::kFloat64).mean().item<double>();
   out << "wrote " << options.out << ": " << width << " x " << height << " px, " << rows

@@ -48,11 +48,13 @@ AttentionMap attention_map(const Mechanism& mechanism, const VizOptions& options
 std::vector<uint8_t> render(
     const AttentionMap& map, int64_t cell, bool binary, bool grid, int64_t& width, int64_t& height);
 
-/// Writes an 8-bit greyscale PNG (libpng). Throws std::runtime_error naming the file on failure.
-void write_grey_png(const std::string& path,
-                    int64_t width,
-                    int64_t height,
-                    const std::vector<uint8_t>& pixels);
+/// Writes an 8-bit PNG (libpng), greyscale (one byte per pixel) or RGB (three). Throws
+/// std::runtime_error naming the file on failure.
+void write_png(const std::string& path,
+               int64_t width,
+               int64_t height,
+               const std::vector<uint8_t>& pixels,
+               bool rgb = false);
 
 /// `attnkit viz NAME`: draws the map of `name` into options.out and prints one summary line.
 int run_viz(const std::string& name, const VizOptions& options, std::ostream& out);
