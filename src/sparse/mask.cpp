@@ -49,15 +49,16 @@ std::pair<torch::Tensor, torch::Tensor> last_wins(const torch::Tensor& indices,
   return {sorted.index({keep}), data.index({perm}).index({keep})};
 }
 
-// Each row's CSR entries as a padded [rows, K] list; padding has column n (after every column)
-// and weight 0. O(entries + rows * K).
+// Each row's CSR entries as a padded [rows, K] list, K the longest row; padding has column
+// `pad` and weight 0. O(entries + rows * K).
 std::pair<torch::Tensor, torch::Tensor> padded_rows(const MaskIndex& idx,
                                                     int64_t rows,
                                                     int64_t n,
+                                                    int64_t pad,
                                                     torch::Dtype dtype) {
   auto counts = idx.ptr.diff();
   const int64_t K = idx.indices.numel() > 0 ? counts.max().item<int64_t>() : 0;
-  auto cols = torch::full({rows, K}, n, idx.indices.options());
+  auto cols = torch::full({rows, K}, pad, idx.indices.options().dtype(torch::kLong));
   auto data = torch::zeros({rows, K}, idx.indices.options().dtype(dtype));
   if (K > 0) {
     auto row_of = torch::repeat_interleave(torch::arange(rows, idx.ptr.options()), counts);
@@ -75,8 +76,9 @@ std::pair<torch::Tensor, torch::Tensor> padded_rows(const MaskIndex& idx,
 // rows, never a sort of every entry of the mask.
 MaskIndex merge_rows(const MaskIndex& a, const MaskIndex& b, int64_t rows, int64_t n,
                      torch::Dtype dtype) {
-  auto [ca, da] = padded_rows(a, rows, n, dtype);
-  auto [cb, db] = padded_rows(b, rows, n, dtype);
+  // Padding column n sorts after every real column.
+  auto [ca, da] = padded_rows(a, rows, n, n, dtype);
+  auto [cb, db] = padded_rows(b, rows, n, n, dtype);
   if (ca.size(1) + cb.size(1) == 0) {
     return {a.indices.narrow(0, 0, 0), torch::zeros({rows + 1}, a.ptr.options()),
             torch::empty({0}, a.indices.options().dtype(dtype))};
@@ -357,6 +359,41 @@ Mask Mask::merge(const Mask& other) const {
   Mask m(shape_, dtype_, device_, Form::kDense);
   m.dense_ = dense().add(other.dense().to(dtype_)).clamp(0, 1);
   return m;
+}
+
+RowLists row_lists(const Mask& mask) {
+  const auto& shape = mask.shape();
+  std::vector<int64_t> lead(shape.begin(), shape.end() - 1);
+  const int64_t n = shape.back();
+  auto opts = torch::TensorOptions().device(mask.device());
+  auto with_k = [&](int64_t k) {
+    std::vector<int64_t> s = lead;
+    s.push_back(k);
+    return s;
+  };
+  if (mask.is_empty()) {
+    return {torch::empty(with_k(0), opts.dtype(torch::kLong)),
+            torch::empty(with_k(0), opts.dtype(mask.dtype()))};
+  }
+  if (mask.is_full()) {
+    return {torch::arange(n, opts.dtype(torch::kLong)).expand(with_k(n)).contiguous(),
+            torch::ones(with_k(n), opts.dtype(mask.dtype()))};
+  }
+  auto [cols, data] = padded_rows(without_duplicates(mask).index(), prod(lead), n, -1,
+                                  mask.dtype());
+  return {cols.view(with_k(cols.size(1))), data.view(with_k(cols.size(1)))};
+}
+
+Mask without_duplicates(const Mask& mask) {
+  if (mask.rows_unique()) return mask;
+  // Merging with an INDEX mask of no entries reduces each row's repeated columns to their last
+  // entry and sorts the rows (see Mask::merge); adding nothing keeps the weights.
+  auto opts = torch::TensorOptions().device(mask.device()).dtype(torch::kLong);
+  const torch::IntArrayRef shape = mask.shape();
+  const int64_t rows = prod(shape.slice(0, shape.size() - 1));
+  Mask none = Mask::from_indices(shape, torch::empty({0}, opts), torch::zeros({rows + 1}, opts),
+                                 {}, mask.dtype());
+  return none.merge(mask);
 }
 
 }  // namespace sparse

@@ -185,6 +185,39 @@ torch::Tensor MaskerInputs::raw_scores() const {
 
 // ---- Masker -------------------------------------------------------------------------------
 
+std::vector<int64_t> check_call(const std::string& who,
+                                const torch::Tensor& queries,
+                                const torch::Tensor& keys,
+                                const torch::Tensor& values,
+                                const torch::Tensor& attention_mask) {
+  auto shape_of = [](const torch::Tensor& t) {
+    return t.defined() ? shape_str(t) : std::string("undefined");
+  };
+  TORCH_CHECK(queries.defined() && queries.dim() == 4, who,
+              ": queries must be [B, H, Tq, D], got ", shape_of(queries));
+  TORCH_CHECK(keys.defined() && keys.dim() == 4, who, ": keys must be [B, Hkv, Tk, D], got ",
+              shape_of(keys));
+  TORCH_CHECK(values.defined() && values.dim() == 4, who,
+              ": values must be [B, Hkv, Tk, Dv], got ", shape_of(values));
+  const int64_t B = queries.size(0), H = queries.size(1), Tq = queries.size(2);
+  const int64_t Hkv = keys.size(1), Tk = keys.size(2);
+  TORCH_CHECK(keys.size(0) == B && keys.size(3) == queries.size(3), who, ": keys must be [B=", B,
+              ", Hkv, Tk, D=", queries.size(3), "], got ", shape_str(keys));
+  TORCH_CHECK(Hkv > 0 && H % Hkv == 0, who, ": query heads (", H,
+              ") must be a multiple of key heads (", Hkv, ")");
+  TORCH_CHECK(values.size(0) == B && values.size(1) == Hkv && values.size(2) == Tk, who,
+              ": values must be [B=", B, ", Hkv=", Hkv, ", Tk=", Tk, ", Dv], got ",
+              shape_str(values));
+  if (attention_mask.defined()) {
+    TORCH_CHECK(attention_mask.dim() == 4 && attention_mask.size(0) == B &&
+                    (attention_mask.size(1) == 1 || attention_mask.size(1) == H) &&
+                    attention_mask.size(2) == Tq && attention_mask.size(3) >= Tk,
+                who, ": attention_mask must be [B=", B, ", 1 or H=", H, ", Tq=", Tq,
+                ", >= Tk=", Tk, "], got ", shape_str(attention_mask));
+  }
+  return {B, H, Tq, Tk};
+}
+
 Mask Masker::add_mask(const torch::Tensor& keys,
                       const torch::Tensor& queries,
                       const torch::Tensor& values,
@@ -194,44 +227,17 @@ Mask Masker::add_mask(const torch::Tensor& keys,
                       MaskerState& state,
                       const Mask& previous_mask,
                       std::optional<int64_t> layer_idx) const {
-  const std::string name = type();
-  TORCH_CHECK(queries.defined() && queries.dim() == 4, "masker '", name,
-              "': queries must be [B, H, Tq, D], got ",
-              queries.defined() ? shape_str(queries) : std::string("undefined"));
-  TORCH_CHECK(keys.defined() && keys.dim() == 4, "masker '", name,
-              "': keys must be [B, Hkv, Tk, D], got ",
-              keys.defined() ? shape_str(keys) : std::string("undefined"));
-  TORCH_CHECK(values.defined() && values.dim() == 4, "masker '", name,
-              "': values must be [B, Hkv, Tk, Dv], got ",
-              values.defined() ? shape_str(values) : std::string("undefined"));
-  MaskerInputs in;
-  in.batch = queries.size(0);
-  in.heads = queries.size(1);
-  in.q_len = queries.size(2);
-  in.kv_heads = keys.size(1);
-  in.k_len = keys.size(2);
-  TORCH_CHECK(keys.size(0) == in.batch && keys.size(3) == queries.size(3), "masker '", name,
-              "': keys must be [B=", in.batch, ", Hkv, Tk, D=", queries.size(3), "], got ",
-              shape_str(keys));
-  TORCH_CHECK(in.kv_heads > 0 && in.heads % in.kv_heads == 0, "masker '", name,
-              "': query heads (", in.heads, ") must be a multiple of key heads (", in.kv_heads,
-              ")");
-  TORCH_CHECK(values.size(0) == in.batch && values.size(1) == in.kv_heads &&
-                  values.size(2) == in.k_len,
-              "masker '", name, "': values must be [B=", in.batch, ", Hkv=", in.kv_heads,
-              ", Tk=", in.k_len, ", Dv], got ", shape_str(values));
-  const std::vector<int64_t> shape = in.mask_shape();
-  TORCH_CHECK(previous_mask.shape() == shape, "masker '", name, "': previous_mask must be ",
+  const std::string who = "masker '" + type() + "'";
+  const std::vector<int64_t> shape = check_call(who, queries, keys, values, attention_mask);
+  TORCH_CHECK(previous_mask.shape() == shape, who, ": previous_mask must be ",
               torch::IntArrayRef(shape), ", got ", torch::IntArrayRef(previous_mask.shape()));
-  if (attention_mask.defined()) {
-    TORCH_CHECK(attention_mask.dim() == 4 && attention_mask.size(0) == in.batch &&
-                    (attention_mask.size(1) == 1 || attention_mask.size(1) == in.heads) &&
-                    attention_mask.size(2) == in.q_len && attention_mask.size(3) >= in.k_len,
-                "masker '", name, "': attention_mask must be [B=", in.batch, ", 1 or H=",
-                in.heads, ", Tq=", in.q_len, ", >= Tk=", in.k_len, "], got ",
-                shape_str(attention_mask));
-    in.attention_mask = attention_mask.narrow(3, 0, in.k_len);
-  }
+  MaskerInputs in;
+  in.batch = shape[0];
+  in.heads = shape[1];
+  in.q_len = shape[2];
+  in.k_len = shape[3];
+  in.kv_heads = keys.size(1);
+  if (attention_mask.defined()) in.attention_mask = attention_mask.narrow(3, 0, in.k_len);
   if (previous_mask.is_full()) return previous_mask;
   in.keys = keys;
   in.queries = queries;
@@ -327,53 +333,6 @@ std::vector<MaskerPtr> make_maskers(const std::string& json_array) {
 }
 
 // ---- helpers ------------------------------------------------------------------------------
-
-RowLists row_lists(const Mask& mask) {
-  const auto& shape = mask.shape();
-  std::vector<int64_t> lead(shape.begin(), shape.end() - 1);
-  const int64_t n = shape.back();
-  int64_t rows = 1;
-  for (int64_t s : lead) rows *= s;
-  auto opts = torch::TensorOptions().device(mask.device());
-  auto with_k = [&](int64_t k) {
-    std::vector<int64_t> s = lead;
-    s.push_back(k);
-    return s;
-  };
-  if (mask.is_empty()) {
-    return {torch::empty(with_k(0), opts.dtype(torch::kLong)),
-            torch::empty(with_k(0), opts.dtype(mask.dtype()))};
-  }
-  if (mask.is_full()) {
-    return {torch::arange(n, opts.dtype(torch::kLong)).expand(with_k(n)).contiguous(),
-            torch::ones(with_k(n), opts.dtype(mask.dtype()))};
-  }
-  MaskIndex idx = (mask.rows_unique() ? mask : without_duplicates(mask)).index();
-  auto counts = idx.ptr.diff();
-  const int64_t k = counts.numel() ? counts.max().item<int64_t>() : 0;
-  auto cols = torch::full({rows, k}, -1, opts.dtype(torch::kLong));
-  auto data = torch::zeros({rows, k}, opts.dtype(mask.dtype()));
-  if (idx.indices.numel() > 0) {
-    auto row_of = torch::repeat_interleave(torch::arange(rows, idx.ptr.options()), counts);
-    auto slot = torch::arange(idx.indices.numel(), idx.ptr.options()) - idx.ptr.index({row_of});
-    auto flat = row_of * k + slot;
-    cols.view(-1).index_put_({flat}, idx.indices.remainder(n));
-    data.view(-1).index_put_({flat}, idx.data.to(mask.dtype()));
-  }
-  return {cols.view(with_k(k)), data.view(with_k(k))};
-}
-
-Mask without_duplicates(const Mask& mask) {
-  if (mask.rows_unique()) return mask;
-  // Merging with an INDEX mask of no entries reduces each mask's repeated positions to their
-  // last entry and sorts the rows (see Mask::merge); adding nothing keeps the weights.
-  auto opts = torch::TensorOptions().device(mask.device()).dtype(torch::kLong);
-  int64_t rows = 1;
-  for (size_t d = 0; d + 1 < mask.shape().size(); ++d) rows *= mask.shape()[d];
-  Mask none = Mask::from_indices(mask.shape(), torch::empty({0}, opts),
-                                 torch::zeros({rows + 1}, opts), {}, mask.dtype());
-  return none.merge(mask);
-}
 
 torch::Tensor fill_active(const torch::Tensor& scores, const Mask& mask, double fill) {
   if (mask.is_empty()) return scores;

@@ -7,7 +7,6 @@
 #include <torch/torch.h>
 
 #include <limits>
-#include <sstream>
 
 namespace attnkit {
 namespace sparse {
@@ -22,29 +21,9 @@ void check_call(const char* fn,
                 const torch::Tensor& v,
                 const Mask& mask,
                 const torch::Tensor& attention_mask) {
-  TORCH_CHECK(q.defined() && k.defined() && v.defined() && q.dim() == 4 && k.dim() == 4 &&
-                  v.dim() == 4,
-              fn, ": queries, keys and values must be 4-D [B, H, T, D], got ",
-              q.defined() ? q.sizes() : torch::IntArrayRef{}, ", ",
-              k.defined() ? k.sizes() : torch::IntArrayRef{}, ", ",
-              v.defined() ? v.sizes() : torch::IntArrayRef{});
-  const int64_t B = q.size(0), H = q.size(1), Tq = q.size(2), Hkv = k.size(1), Tk = k.size(2);
-  TORCH_CHECK(k.size(0) == B && k.size(3) == q.size(3), fn, ": keys must be [B=", B,
-              ", Hkv, Tk, D=", q.size(3), "], got ", k.sizes());
-  TORCH_CHECK(Hkv > 0 && H % Hkv == 0, fn, ": query heads (", H,
-              ") must be a multiple of key heads (", Hkv, ")");
-  TORCH_CHECK(v.size(0) == B && v.size(1) == Hkv && v.size(2) == Tk, fn, ": values must be [B=",
-              B, ", Hkv=", Hkv, ", Tk=", Tk, ", Dv], got ", v.sizes());
-  const std::vector<int64_t> shape{B, H, Tq, Tk};
+  const std::vector<int64_t> shape = sparse::check_call(fn, q, k, v, attention_mask);
   TORCH_CHECK(mask.shape() == shape, fn, ": mask must be ", torch::IntArrayRef(shape), ", got ",
               torch::IntArrayRef(mask.shape()));
-  if (attention_mask.defined()) {
-    TORCH_CHECK(attention_mask.dim() == 4 && attention_mask.size(0) == B &&
-                    (attention_mask.size(1) == 1 || attention_mask.size(1) == H) &&
-                    attention_mask.size(2) == Tq && attention_mask.size(3) >= Tk,
-                fn, ": attention_mask must be [B=", B, ", 1 or H=", H, ", Tq=", Tq,
-                ", >= Tk=", Tk, "], got ", attention_mask.sizes());
-  }
 }
 
 torch::Tensor sliced(const torch::Tensor& attention_mask, int64_t k_len) {
@@ -58,9 +37,7 @@ torch::Tensor dense_attention(const torch::Tensor& queries,
                               const torch::Tensor& values,
                               const torch::Tensor& attention_mask,
                               double scaling) {
-  check_call("dense_attention", queries, keys, values,
-             Mask::empty({queries.size(0), queries.size(1), queries.size(2), keys.size(2)}),
-             attention_mask);
+  sparse::check_call("dense_attention", queries, keys, values, attention_mask);
   auto options = DotProductAttentionOptions().scale(scaling);
   if (attention_mask.defined()) {
     options.bias(sliced(attention_mask, keys.size(2)).to(queries.scalar_type()));
@@ -78,8 +55,7 @@ torch::Tensor masked_attention_reference(const torch::Tensor& queries,
                                          double dropout,
                                          torch::Tensor* weights) {
   check_call("masked_attention_reference", queries, keys, values, mask, attention_mask);
-  const int64_t B = queries.size(0), H = queries.size(1), Tq = queries.size(2);
-  const int64_t Hkv = keys.size(1), Tk = keys.size(2), G = H / Hkv;
+  const int64_t Tk = keys.size(2), G = queries.size(1) / keys.size(1);
   const auto compute = queries.scalar_type() == torch::kDouble ? torch::kDouble : torch::kFloat;
   auto repeat = [&](const torch::Tensor& t) {
     auto c = t.to(compute);
@@ -96,8 +72,6 @@ torch::Tensor masked_attention_reference(const torch::Tensor& queries,
   if (dropout > 0.0) p = torch::dropout(p, dropout, /*train=*/true);
   if (weights != nullptr) *weights = p.to(queries.scalar_type());
   auto out = torch::matmul(p, v);  // [B, H, Tq, Dv]
-  (void)B;
-  (void)Tq;
   return out.transpose(1, 2).to(queries.scalar_type());
 }
 

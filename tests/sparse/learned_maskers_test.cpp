@@ -17,7 +17,13 @@
 #include <string>
 #include <vector>
 
+#include "sparse/sparse_test_util.h"
+
 namespace {
+
+using attnkit::sparse::test_util::error_of;
+using attnkit::sparse::test_util::expect_equal;
+using attnkit::sparse::test_util::f32;
 
 namespace fs = std::filesystem;
 using attnkit::sparse::DoubleSparsityTopKMasker;
@@ -40,35 +46,11 @@ using ::testing::HasSubstr;
 constexpr double kInf = std::numeric_limits<double>::infinity();
 constexpr float kInfF = std::numeric_limits<float>::infinity();
 
-torch::Tensor f32(std::vector<float> v, torch::IntArrayRef shape) {
-  return torch::tensor(v, torch::kFloat).reshape(shape);
-}
-
-void expect_equal(const torch::Tensor& got, const torch::Tensor& want) {
-  ASSERT_TRUE(got.defined());
-  EXPECT_EQ(got.sizes(), want.sizes());
-  EXPECT_EQ(got.scalar_type(), want.scalar_type());
-  EXPECT_TRUE(got.sizes() == want.sizes() && torch::equal(got, want))
-      << "got\n" << got << "\nwant\n" << want;
-}
-
 void expect_close(const torch::Tensor& got, const torch::Tensor& want) {
   ASSERT_TRUE(got.defined());
   EXPECT_EQ(got.sizes(), want.sizes());
   EXPECT_TRUE(got.sizes() == want.sizes() && torch::allclose(got, want, 1e-5, 1e-6))
       << "got\n" << got << "\nwant\n" << want;
-}
-
-// The message of the c10::Error `fn` throws ("" and a failure if it does not throw).
-template <typename F>
-std::string error_of(F&& fn) {
-  try {
-    fn();
-  } catch (const c10::Error& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "expected a c10::Error";
-  return "";
 }
 
 // A fresh directory under the system's temp dir, removed at the end of the test.

@@ -10,47 +10,21 @@
 #include <string>
 #include <vector>
 
+#include "sparse/sparse_test_util.h"
+
 namespace {
+
+using namespace attnkit::sparse::test_util;  // NOLINT
 
 using attnkit::sparse::Mask;
 using attnkit::sparse::MaskIndex;
 using ::testing::HasSubstr;
-
-torch::Tensor f32(std::vector<float> v, torch::IntArrayRef shape) {
-  return torch::tensor(v, torch::kFloat).reshape(shape);
-}
-
-torch::Tensor i64(std::vector<int64_t> v) { return torch::tensor(v, torch::kLong); }
-
-torch::Tensor i64(std::vector<int64_t> v, torch::IntArrayRef shape) {
-  return torch::tensor(v, torch::kLong).reshape(shape);
-}
-
-void expect_equal(const torch::Tensor& got, const torch::Tensor& want) {
-  ASSERT_TRUE(got.defined());
-  EXPECT_EQ(got.sizes(), want.sizes());
-  EXPECT_EQ(got.scalar_type(), want.scalar_type());
-  EXPECT_TRUE(got.sizes() == want.sizes() && torch::equal(got, want))
-      << "got\n" << got << "\nwant\n" << want;
-}
 
 void expect_close(const torch::Tensor& got, const torch::Tensor& want) {
   ASSERT_TRUE(got.defined());
   EXPECT_EQ(got.sizes(), want.sizes());
   EXPECT_TRUE(got.sizes() == want.sizes() && torch::allclose(got, want, 1e-6, 1e-7))
       << "got\n" << got << "\nwant\n" << want;
-}
-
-// The message of the c10::Error `fn` throws ("" and a failure if it does not throw).
-template <typename F>
-std::string error_of(F&& fn) {
-  try {
-    fn();
-  } catch (const c10::Error& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "expected a c10::Error";
-  return "";
 }
 
 // ---- Forms, getters ---------------------------------------------------------------------------

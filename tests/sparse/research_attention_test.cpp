@@ -15,7 +15,12 @@
 
 #include "support/tolerance.h"
 
+#include "sparse/sparse_test_util.h"
+
 namespace {
+
+using attnkit::sparse::test_util::Qkv;
+using attnkit::sparse::test_util::random_qkv;
 
 using namespace attnkit::sparse;
 using attnkit::testing::close;
@@ -23,17 +28,6 @@ using attnkit::testing::EnvGuard;
 using ::testing::HasSubstr;
 
 constexpr double kInf = std::numeric_limits<double>::infinity();
-
-struct Qkv {
-  torch::Tensor q, k, v;
-};
-
-Qkv random_qkv(int64_t B, int64_t H, int64_t Hkv, int64_t Tq, int64_t Tk, int64_t D,
-               uint64_t seed = 0, torch::Dtype dtype = torch::kFloat) {
-  torch::manual_seed(seed);
-  return {torch::randn({B, H, Tq, D}).to(dtype), torch::randn({B, Hkv, Tk, D}).to(dtype),
-          torch::randn({B, Hkv, Tk, D}).to(dtype)};
-}
 
 // out[b, i, h] = sum_j w_j v_j / sum_j w_j with w_j = exp(s_j) / (m_j + 1e-6) over m_j > 0 (all
 // keys, unweighted, when the mask is FULL or EMPTY); zeros when the sum is 0. In float64, one

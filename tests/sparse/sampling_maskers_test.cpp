@@ -21,29 +21,20 @@
 #include <string>
 #include <vector>
 
+#include "sparse/sparse_test_util.h"
+
 namespace {
+
+using attnkit::sparse::test_util::empty_for;
+using attnkit::sparse::test_util::error_of;
+using attnkit::sparse::test_util::Qkv;
+using attnkit::sparse::test_util::random_qkv;
 
 using namespace attnkit::sparse;
 using ::testing::HasSubstr;
 
-struct Qkv {
-  torch::Tensor q, k, v;
-};
-
-Qkv random_qkv(int64_t B, int64_t H, int64_t Hkv, int64_t Tq, int64_t Tk, int64_t D,
-               uint64_t seed = 0, torch::Dtype dtype = torch::kFloat) {
-  torch::manual_seed(seed);
-  auto o = torch::TensorOptions().dtype(dtype);
-  return {torch::randn({B, H, Tq, D}, o), torch::randn({B, Hkv, Tk, D}, o),
-          torch::randn({B, Hkv, Tk, D}, o)};
-}
-
 std::vector<int64_t> shape_of(const Qkv& x) {
   return {x.q.size(0), x.q.size(1), x.q.size(2), x.k.size(2)};
-}
-
-Mask empty_for(const Qkv& x, torch::Dtype dtype = torch::kFloat) {
-  return Mask::empty(shape_of(x), dtype);
 }
 
 // Keys 0 ... n - 1 active at weight 1 in every row (INDEX form).
@@ -61,15 +52,6 @@ Mask run(const Masker& masker, const Qkv& x, const Mask& previous, MaskerState& 
 Mask run(const Masker& masker, const Qkv& x, const Mask& previous) {
   MaskerState state;
   return run(masker, x, previous, state);
-}
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const c10::Error& e) {
-    return e.what_without_backtrace();
-  }
-  return "(no error)";
 }
 
 void expect_equal(const torch::Tensor& got, const torch::Tensor& want) {

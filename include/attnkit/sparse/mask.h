@@ -165,5 +165,21 @@ class Mask {
   bool rows_unique_ = false;  // INDEX only: see rows_unique()
 };
 
+/// A mask's active entries as padded per-row lists: cols [*, K] int64 column indices (-1 pads a
+/// row shorter than the longest), data [*, K] their weights (0 at padding), * = shape[:-1].
+/// K = 0 for EMPTY; FULL lists every column. A column listed twice in an INDEX row appears once,
+/// with its last weight (as `Mask::dense` reads it). Cost O(entries log entries), never
+/// O(rows * n) for INDEX.
+struct RowLists {
+  torch::Tensor cols;
+  torch::Tensor data;
+};
+RowLists row_lists(const Mask& mask);
+
+/// The mask with each row's repeated columns kept once (the last entry's weight, as `dense`
+/// reads them) and the columns sorted: INDEX stays INDEX, other forms are returned unchanged.
+/// Samplers draw with replacement; a key drawn twice must still count once in the attention.
+Mask without_duplicates(const Mask& mask);
+
 }  // namespace sparse
 }  // namespace attnkit

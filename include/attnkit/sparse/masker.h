@@ -184,21 +184,14 @@ std::vector<MaskerPtr> make_maskers(const std::string& json_array);
 
 // ---- helpers for writing maskers ----------------------------------------------------------
 
-/// A mask's active entries as padded per-row lists: cols [*, K] int64 column indices (-1 pads a
-/// row shorter than the longest), data [*, K] their weights (0 at padding), * = shape[:-1].
-/// K = 0 for EMPTY; FULL lists every column. A column listed twice in an INDEX row appears once,
-/// with its last weight (as `Mask::dense` reads it). Cost O(entries log entries), never
-/// O(rows * n) for INDEX.
-struct RowLists {
-  torch::Tensor cols;
-  torch::Tensor data;
-};
-RowLists row_lists(const Mask& mask);
-
-/// The mask with each row's repeated columns kept once (the last entry's weight, as `dense`
-/// reads them) and the columns sorted: INDEX stays INDEX, other forms are returned unchanged.
-/// Samplers draw with replacement; a key drawn twice must still count once in the attention.
-Mask without_duplicates(const Mask& mask);
+/// Checks one attention call's inputs and returns {B, H, Tq, Tk}: queries [B, H, Tq, D], keys
+/// [B, Hkv, Tk, D] with H % Hkv == 0, values [B, Hkv, Tk, Dv], attention_mask additive
+/// [B, 1 or H, Tq, >= Tk] or undefined. Messages start with `who`.
+std::vector<int64_t> check_call(const std::string& who,
+                                const torch::Tensor& queries,
+                                const torch::Tensor& keys,
+                                const torch::Tensor& values,
+                                const torch::Tensor& attention_mask);
 
 /// `scores` with every entry active in `mask` (value > 0) set to `fill`; scores has the mask's
 /// shape. Used by top-k maskers so that they pick new keys only.
